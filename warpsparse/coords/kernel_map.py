@@ -1,0 +1,122 @@
+"""`KernelMap`: who feeds whom through which kernel offset, with lazily built layouts."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+
+Triple = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class PairList:
+    """Pairs of a map grouped by offset (CSR by offset).
+
+    ``in_idx[bounds[k]:bounds[k+1]]`` feed ``out_idx[...]`` through offset ``k``; ``counts`` is the host copy
+    of the per-offset pair counts (read once per map), ``offset_of_pair`` the offset of every pair.
+    """
+
+    in_idx: torch.Tensor  # [P] int64
+    out_idx: torch.Tensor  # [P] int64
+    offset_of_pair: torch.Tensor  # [P] int64
+    bounds: torch.Tensor  # [K+1] int64 on the map's device
+    counts: tuple[int, ...]  # K host ints
+
+
+@dataclass(eq=False)
+class KernelMap:
+    """A convolution's neighbour table from ``num_in`` input sites to ``num_out`` output sites.
+
+    ``nbr[o, k]`` is the input row feeding output row ``o`` through kernel offset ``k`` (``-1`` for none),
+    ``k = (i0 * k1 + i1) * k2 + i2``. For every ``(input, offset)`` there is at most one output, so the
+    reverse table is well defined. Layouts the algorithms need are built on first use and cached.
+
+    ``kind`` names the geometry (``"subm"``, ``"conv"``, ``"transposed"``, ...); ``symmetric`` marks maps
+    whose reverse is the forward table with offsets mirrored (submanifold maps with centred kernels).
+    """
+
+    nbr: torch.Tensor
+    num_in: int
+    kernel_size: Triple
+    kind: str = "conv"
+    stride: Triple = (1, 1, 1)
+    symmetric: bool = False
+    _reverse: "KernelMap | None" = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.nbr.dim() != 2 or self.nbr.dtype != torch.int32:
+            raise ValueError(f"nbr must be an int32 [N_out, K] tensor, got {self.nbr.dtype} {tuple(self.nbr.shape)}")
+        if self.nbr.shape[1] != self.kernel_volume:
+            raise ValueError(f"nbr has {self.nbr.shape[1]} columns but kernel {self.kernel_size} has volume "
+                             f"{self.kernel_volume}")
+
+    @property
+    def num_out(self) -> int:
+        return self.nbr.shape[0]
+
+    @property
+    def kernel_volume(self) -> int:
+        k0, k1, k2 = self.kernel_size
+        return k0 * k1 * k2
+
+    @property
+    def device(self) -> torch.device:
+        return self.nbr.device
+
+    @cached_property
+    def pairs(self) -> PairList:
+        """Per-offset pair lists (reads the counts to the host once)."""
+        k = self.kernel_volume
+        valid = self.nbr >= 0  # [N_out, K]
+        # offset-major order: transpose so pairs of one offset are contiguous
+        valid_t = valid.t()
+        offset_of_pair, out_idx = valid_t.nonzero(as_tuple=True)
+        in_idx = self.nbr.t()[offset_of_pair, out_idx].long()
+        counts_dev = valid_t.sum(dim=1)
+        bounds = torch.zeros(k + 1, dtype=torch.int64, device=self.device)
+        torch.cumsum(counts_dev, 0, out=bounds[1:])
+        counts = tuple(int(c) for c in counts_dev.tolist())
+        return PairList(in_idx, out_idx, offset_of_pair, bounds, counts)
+
+    @cached_property
+    def num_pairs(self) -> int:
+        """Total pairs (one host read per map, shared with :attr:`pairs` when built)."""
+        if "pairs" in self.__dict__:
+            return int(self.pairs.in_idx.numel())
+        return int((self.nbr >= 0).sum())
+
+    def reversed(self) -> "KernelMap":
+        """The map from outputs back to inputs (``nbr_T[N_in, K]``), same offset numbering; cached."""
+        if self._reverse is None:
+            if self.symmetric:
+                nbr_t = self.nbr.flip(1).contiguous()
+            else:
+                nbr_t = torch.full((self.num_in, self.kernel_volume), -1, dtype=torch.int32, device=self.device)
+                p = self.pairs
+                nbr_t[p.in_idx, p.offset_of_pair] = p.out_idx.to(torch.int32)
+            rev = KernelMap(nbr_t, self.num_out, self.kernel_size, kind=f"{self.kind}_reversed",
+                            stride=self.stride, symmetric=self.symmetric, _reverse=self)
+            self._reverse = rev
+        return self._reverse
+
+    @cached_property
+    def mask(self) -> torch.Tensor:
+        """Per output row, the int64 bitmask of offsets present; bit 62 also stands for every offset past 62."""
+        valid = self.nbr >= 0
+        low = min(self.kernel_volume, 62)
+        bits = torch.ones(low, dtype=torch.int64, device=self.device) << torch.arange(low, device=self.device)
+        mask = (valid[:, :low].long() * bits).sum(dim=1)
+        if self.kernel_volume > 62:
+            mask |= valid[:, 62:].any(dim=1).long() << 62
+        return mask
+
+    @cached_property
+    def sorted_order(self) -> torch.Tensor:
+        """Output rows ordered by :attr:`mask` (int32), so rows with the same pattern sit together."""
+        return torch.argsort(self.mask, stable=True).to(torch.int32)
+
+    @cached_property
+    def sorted_nbr(self) -> torch.Tensor:
+        """``nbr`` rows in :attr:`sorted_order` ([N_out, K] int32, contiguous)."""
+        return self.nbr.index_select(0, self.sorted_order.long()).contiguous()

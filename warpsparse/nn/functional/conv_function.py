@@ -1,0 +1,88 @@
+"""The differentiable sparse convolution over a kernel map: one autograd Function for conv and depthwise."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from warpsparse.algorithms.base import Op
+from warpsparse.coords.kernel_map import KernelMap
+from warpsparse.tuner import AlgoSpec, dispatch
+
+CONV_TRIPLE = (Op.CONV_FWD, Op.CONV_DGRAD, Op.CONV_WGRAD)
+DEPTHWISE_TRIPLE = (Op.DW_FWD, Op.DW_DGRAD, Op.DW_WGRAD)
+
+
+def _result_shape(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> tuple[int, ...]:
+    """Shape of ``op(a, b, kmap)`` (see :class:`Op`)."""
+    return {
+        Op.CONV_FWD: (kmap.num_out, b.shape[-1]),
+        Op.CONV_DGRAD: (kmap.num_in, b.shape[1]),
+        Op.CONV_WGRAD: (kmap.kernel_volume, a.shape[1], b.shape[1]),
+        Op.DW_FWD: (kmap.num_out, b.shape[1]),
+        Op.DW_DGRAD: (kmap.num_in, b.shape[1]),
+        Op.DW_WGRAD: (kmap.kernel_volume, a.shape[1]),
+    }[op]
+
+
+def run_op(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, algo: AlgoSpec) -> torch.Tensor:
+    """``op(a, b, kmap)`` through the dispatcher; empty maps give zeros without dispatching."""
+    if kmap.num_in == 0 or kmap.num_out == 0:
+        return a.new_zeros(_result_shape(op, a, b, kmap))
+    return dispatch(op, a.contiguous(), b.contiguous(), kmap, algo)
+
+
+class SparseConvFunction(torch.autograd.Function):
+    """Forward and both gradients of a conv (or depthwise conv) over one kernel map."""
+
+    @staticmethod
+    def forward(ctx: Any, features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, ops: tuple[Op, Op, Op],
+                fwd_algo: AlgoSpec, bwd_algo: AlgoSpec) -> torch.Tensor:
+        ctx.save_for_backward(features, weight)
+        ctx.kmap, ctx.ops, ctx.bwd_algo = kmap, ops, bwd_algo
+        return run_op(ops[0], features, weight, kmap, fwd_algo)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        features, weight = ctx.saved_tensors
+        _, dgrad, wgrad = ctx.ops
+        grad_out = grad_out.to(features.dtype)
+        grad_in = run_op(dgrad, grad_out, weight, ctx.kmap, ctx.bwd_algo) if ctx.needs_input_grad[0] else None
+        grad_w = run_op(wgrad, features, grad_out, ctx.kmap, ctx.bwd_algo) if ctx.needs_input_grad[1] else None
+        return grad_in, grad_w, None, None, None, None
+
+
+def conv_features(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, bias: torch.Tensor | None = None,
+                  fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None, depthwise: bool = False) -> torch.Tensor:
+    """Convolve ``features`` [N_in, C_in] over ``kmap`` with ``weight`` ([K, C_in, C_out], or [K, C] depthwise).
+
+    Under ``torch.autocast`` features, weight and bias are cast to the autocast dtype; otherwise their dtypes
+    must match.
+    """
+    if not features.is_floating_point():
+        raise TypeError(f"features must be floating point, got {features.dtype}")
+    expected = 2 if depthwise else 3
+    if weight.dim() != expected or weight.shape[0] != kmap.kernel_volume:
+        want = "[K, C]" if depthwise else "[K, C_in, C_out]"
+        raise ValueError(f"weight must have shape {want} with K={kmap.kernel_volume}, got {tuple(weight.shape)}")
+    if features.shape[0] != kmap.num_in:
+        raise ValueError(f"features has {features.shape[0]} rows but the kernel map expects {kmap.num_in} inputs")
+    if features.shape[1] != weight.shape[1]:
+        raise ValueError(f"features have {features.shape[1]} channels but the weight expects {weight.shape[1]}")
+    if features.device != weight.device:
+        raise ValueError(f"features are on {features.device} but the weight on {weight.device}")
+    device_type = features.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        features, weight = features.to(dtype), weight.to(dtype)
+    elif features.dtype != weight.dtype:
+        raise TypeError(f"features are {features.dtype} but the weight is {weight.dtype}; cast one of them or "
+                        "run under torch.autocast")
+    ops = DEPTHWISE_TRIPLE if depthwise else CONV_TRIPLE
+    with torch.autocast(device_type, enabled=False):
+        out = SparseConvFunction.apply(features, weight, kmap, ops, fwd_algo, bwd_algo)
+    if bias is not None:
+        out = out + bias.to(out.dtype)
+    return out

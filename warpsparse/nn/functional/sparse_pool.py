@@ -1,0 +1,57 @@
+"""Sparse max / average pooling over windows, and global pooling per batch item."""
+from __future__ import annotations
+
+import torch
+
+from warpsparse.coords.geometry import ConvGeometry, Triple, triple
+from warpsparse.nn.functional.kernel_maps import conv_map
+from warpsparse.sparse_tensor import SparseTensor
+
+__all__ = ["sparse_max_pool3d", "sparse_avg_pool3d", "global_max_pool", "global_avg_pool"]
+
+
+def _pool(x: SparseTensor, kernel_size: int | Triple, stride: int | Triple | None, padding: int | Triple,
+          dilation: int | Triple, reduce: str) -> SparseTensor:
+    if not isinstance(x, SparseTensor):
+        raise TypeError(f"input must be a warpsparse.SparseTensor, got {type(x).__name__}")
+    ks = triple(kernel_size, "kernel_size", 1)
+    geom = ConvGeometry(ks, triple(ks if stride is None else stride, "stride", 1), triple(padding, "padding", 0),
+                        triple(dilation, "dilation", 1))
+    kmap, dst = conv_map(x, geom, "conv")
+    nbr = kmap.nbr.long()
+    valid = (nbr >= 0).unsqueeze(-1)
+    window = x.features[nbr.clamp(min=0)]  # [N_out, K, C]
+    if reduce == "max":
+        out = window.masked_fill(~valid, float("-inf")).amax(dim=1)
+    else:
+        out = (window * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1).to(window.dtype)
+    return SparseTensor.from_coord_set(out, dst, x.indice_store)
+
+
+def sparse_max_pool3d(x: SparseTensor, kernel_size: int | Triple, stride: int | Triple | None = None,
+                      padding: int | Triple = 0, dilation: int | Triple = 1) -> SparseTensor:
+    """Max over the active inputs of each window; output sites as :func:`sparse_conv3d` (stride defaults to
+    the kernel size)."""
+    return _pool(x, kernel_size, stride, padding, dilation, "max")
+
+
+def sparse_avg_pool3d(x: SparseTensor, kernel_size: int | Triple, stride: int | Triple | None = None,
+                      padding: int | Triple = 0, dilation: int | Triple = 1) -> SparseTensor:
+    """Mean over the active inputs of each window; output sites as :func:`sparse_conv3d`."""
+    return _pool(x, kernel_size, stride, padding, dilation, "mean")
+
+
+def _global(x: SparseTensor, reduce: str) -> torch.Tensor:
+    index = x.coords[:, 0].long()[:, None].expand(-1, x.num_channels)
+    out = x.features.new_zeros(x.batch_size, x.num_channels)
+    return out.scatter_reduce(0, index, x.features, reduce, include_self=False)
+
+
+def global_max_pool(x: SparseTensor) -> torch.Tensor:
+    """Per batch item, the max over its sites: [B, C] (zeros for an item without sites)."""
+    return _global(x, "amax")
+
+
+def global_avg_pool(x: SparseTensor) -> torch.Tensor:
+    """Per batch item, the mean over its sites: [B, C] (zeros for an item without sites)."""
+    return _global(x, "mean")

@@ -1,0 +1,154 @@
+"""`SparseTensor`: features on sparse 3D sites, with the kernel-map caches of its coordinate set."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from warpsparse.coords.coord_set import CoordSet
+from warpsparse.coords.keys import key_radix, pack
+
+
+def _check_coords(coords: torch.Tensor, features: torch.Tensor) -> None:
+    if not isinstance(coords, torch.Tensor):
+        raise TypeError(f"coords must be a torch.Tensor, got {type(coords).__name__}")
+    if coords.dim() != 2 or coords.shape[1] != 4:
+        raise ValueError(f"coords must have shape [N, 4] (batch, x0, x1, x2), got {tuple(coords.shape)}")
+    if coords.is_floating_point() or coords.is_complex() or coords.dtype == torch.bool:
+        raise TypeError(f"coords must be an integer tensor, got {coords.dtype}")
+    if coords.shape[0] != features.shape[0]:
+        raise ValueError(f"features has {features.shape[0]} rows but coords has {coords.shape[0]}; they must match")
+    if coords.device != features.device:
+        raise ValueError(f"coords are on {coords.device} but features on {features.device}; put both on one device")
+
+
+def _check_features(features: torch.Tensor) -> None:
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
+    if not features.is_floating_point():
+        raise TypeError(f"features must be a floating-point tensor, got {features.dtype}")
+    if features.dim() != 2:
+        raise ValueError(f"features must have shape [N, C], got {tuple(features.shape)}")
+
+
+def _validate_sites(coords: torch.Tensor, spatial_shape: Sequence[int] | None,
+                    batch_size: int | None) -> tuple[tuple[int, int, int], int]:
+    """Check range and uniqueness (one host read) and fill in the default shape and batch size."""
+    n = coords.shape[0]
+    if n == 0:
+        if spatial_shape is None or batch_size is None:
+            raise ValueError("an empty SparseTensor needs spatial_shape and batch_size")
+        return tuple(int(s) for s in spatial_shape), int(batch_size)  # type: ignore[return-value]
+    c = coords.long()
+    mins, maxs = c.min(dim=0).values, c.max(dim=0).values
+    stats = torch.cat([mins, maxs]).tolist()  # the one host read of the checks that pass
+    lo, hi = stats[:4], stats[4:]
+    if min(lo) < 0:
+        bad = int((c < 0).any(dim=1).nonzero()[0])
+        raise ValueError(f"coords must be non-negative; row {bad} is {c[bad].tolist()}")
+    shape = tuple(int(h) + 1 for h in hi[1:]) if spatial_shape is None else tuple(int(s) for s in spatial_shape)
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ValueError(f"spatial_shape must be 3 positive ints, got {spatial_shape!r}")
+    batches = int(hi[0]) + 1 if batch_size is None else int(batch_size)
+    limits = torch.tensor([batches, *shape], device=coords.device)
+    outside = (c >= limits).any(dim=1)
+    if hi[0] >= batches or any(h >= s for h, s in zip(hi[1:], shape)):
+        bad = int(outside.nonzero()[0])
+        raise ValueError(f"coords row {bad} = {c[bad].tolist()} lies outside batch_size={batches}, "
+                         f"spatial_shape={shape}")
+    keys = torch.sort(pack(c, key_radix(shape, batches))).values
+    dup = keys[1:] == keys[:-1]
+    num_dup = int(dup.sum())
+    if num_dup:
+        first_key = keys[1:][dup][0]
+        row = int((pack(c, key_radix(shape, batches)) == first_key).nonzero()[1])
+        raise ValueError(f"coords hold {num_dup} duplicate site(s); the first repeated one is row {row} = "
+                         f"{c[row].tolist()}. Merge points into sites with warpsparse.voxelize")
+    return shape, batches  # type: ignore[return-value]
+
+
+class SparseTensor:
+    """Features [N, C] on N distinct sites ``coords`` [N, 4] = (batch, x0, x1, x2) of a 3D grid.
+
+    Tensors made by convolutions share their coordinate set (with its cached kernel maps) and the
+    ``indice_key`` store of the network they came from.
+    """
+
+    def __init__(self, features: torch.Tensor, coords: torch.Tensor, spatial_shape: Sequence[int] | None = None,
+                 batch_size: int | None = None) -> None:
+        _check_features(features)
+        _check_coords(coords, features)
+        shape, batches = _validate_sites(coords, spatial_shape, batch_size)
+        coord_set = CoordSet(coords.to(device=features.device, dtype=torch.int32).contiguous(), shape, batches)
+        self._init(features, coord_set, {})
+
+    def _init(self, features: torch.Tensor, coord_set: CoordSet, indice_store: dict[str, Any]) -> None:
+        self.features = features
+        self.coord_set = coord_set
+        self.indice_store = indice_store
+
+    @classmethod
+    def from_coord_set(cls, features: torch.Tensor, coord_set: CoordSet,
+                       indice_store: dict[str, Any]) -> "SparseTensor":
+        """A tensor on an existing (already validated) coordinate set, sharing an ``indice_key`` store."""
+        out = cls.__new__(cls)
+        out._init(features, coord_set, indice_store)
+        return out
+
+    @property
+    def coords(self) -> torch.Tensor:
+        return self.coord_set.coords
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        return self.coord_set.spatial_shape
+
+    @property
+    def batch_size(self) -> int:
+        return self.coord_set.batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.features.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.features.dtype
+
+    @property
+    def num_points(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def num_channels(self) -> int:
+        return self.features.shape[1]
+
+    def replace(self, features: torch.Tensor) -> "SparseTensor":
+        """Same sites (and caches), new features [N, C']."""
+        _check_features(features)
+        if features.shape[0] != self.num_points or features.device != self.device:
+            raise ValueError(f"replacement features must have {self.num_points} rows on {self.device}, got "
+                             f"{tuple(features.shape)} on {features.device}")
+        return SparseTensor.from_coord_set(features, self.coord_set, self.indice_store)
+
+    def to(self, *args: Any, **kwargs: Any) -> "SparseTensor":
+        """Like ``Tensor.to``; a device move copies the coordinates (and starts fresh map caches)."""
+        features = self.features.to(*args, **kwargs)
+        if features.device == self.device:
+            return self.replace(features)
+        cs = self.coord_set
+        moved = CoordSet(cs.coords.to(features.device), cs.spatial_shape, cs.batch_size)
+        return SparseTensor.from_coord_set(features, moved, {})
+
+    def dense(self) -> torch.Tensor:
+        """The dense grid [B, C, D0, D1, D2] (differentiable in the features)."""
+        b, c = self.batch_size, self.num_channels
+        grid = self.features.new_zeros((b, *self.spatial_shape, c))
+        idx = self.coords.long()
+        grid = grid.index_put((idx[:, 0], idx[:, 1], idx[:, 2], idx[:, 3]), self.features)
+        return grid.permute(0, 4, 1, 2, 3).contiguous()
+
+    def __repr__(self) -> str:
+        return (f"SparseTensor(num_points={self.num_points}, num_channels={self.num_channels}, "
+                f"spatial_shape={self.spatial_shape}, batch_size={self.batch_size}, dtype={self.dtype}, "
+                f"device={self.device})")
