@@ -35,34 +35,37 @@ def _validate_sites(coords: torch.Tensor, spatial_shape: Sequence[int] | None,
                     batch_size: int | None) -> tuple[tuple[int, int, int], int]:
     """Check range and uniqueness (one host read) and fill in the default shape and batch size."""
     n = coords.shape[0]
-    if n == 0:
-        if spatial_shape is None or batch_size is None:
-            raise ValueError("an empty SparseTensor needs spatial_shape and batch_size")
-        return tuple(int(s) for s in spatial_shape), int(batch_size)  # type: ignore[return-value]
+    if n == 0 and (spatial_shape is None or batch_size is None):
+        raise ValueError("an empty SparseTensor needs spatial_shape and batch_size")
     c = coords.long()
-    mins, maxs = c.min(dim=0).values, c.max(dim=0).values
-    stats = torch.cat([mins, maxs]).tolist()  # the one host read of the checks that pass
-    lo, hi = stats[:4], stats[4:]
-    if min(lo) < 0:
-        bad = int((c < 0).any(dim=1).nonzero()[0])
-        raise ValueError(f"coords must be non-negative; row {bad} is {c[bad].tolist()}")
-    shape = tuple(int(h) + 1 for h in hi[1:]) if spatial_shape is None else tuple(int(s) for s in spatial_shape)
+    hi: list[int] = []  # per-column maxima (known when n > 0; both defaults are given when n == 0)
+    if n:
+        stats = torch.cat([c.min(dim=0).values, c.max(dim=0).values]).tolist()  # the one host read that passes
+        lo, hi = stats[:4], stats[4:]
+        if min(lo) < 0:
+            bad = int((c < 0).any(dim=1).nonzero()[0])
+            raise ValueError(f"coords must be non-negative; row {bad} is {c[bad].tolist()}")
+    try:
+        shape = tuple(int(h) + 1 for h in hi[1:]) if spatial_shape is None else tuple(int(s) for s in spatial_shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"spatial_shape must be 3 positive ints, got {spatial_shape!r}") from None
     if len(shape) != 3 or min(shape) <= 0:
         raise ValueError(f"spatial_shape must be 3 positive ints, got {spatial_shape!r}")
     batches = int(hi[0]) + 1 if batch_size is None else int(batch_size)
-    limits = torch.tensor([batches, *shape], device=coords.device)
-    outside = (c >= limits).any(dim=1)
+    if batches <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if n == 0:
+        return shape, batches  # type: ignore[return-value]
     if hi[0] >= batches or any(h >= s for h, s in zip(hi[1:], shape)):
+        outside = (c >= torch.tensor([batches, *shape], device=coords.device)).any(dim=1)
         bad = int(outside.nonzero()[0])
         raise ValueError(f"coords row {bad} = {c[bad].tolist()} lies outside batch_size={batches}, "
                          f"spatial_shape={shape}")
-    keys = torch.sort(pack(c, key_radix(shape, batches))).values
-    dup = keys[1:] == keys[:-1]
-    num_dup = int(dup.sum())
-    if num_dup:
-        first_key = keys[1:][dup][0]
-        row = int((pack(c, key_radix(shape, batches)) == first_key).nonzero()[1])
-        raise ValueError(f"coords hold {num_dup} duplicate site(s); the first repeated one is row {row} = "
+    keys, order = torch.sort(pack(c, key_radix(shape, batches)), stable=True)
+    repeats = order[1:][keys[1:] == keys[:-1]]  # rows repeating an earlier row's site
+    if repeats.numel():
+        row = int(repeats.min())
+        raise ValueError(f"coords hold {repeats.numel()} duplicate site(s); the first repeated one is row {row} = "
                          f"{c[row].tolist()}. Merge points into sites with warpsparse.voxelize")
     return shape, batches  # type: ignore[return-value]
 

@@ -26,9 +26,10 @@ def voxelize(points: torch.Tensor, voxel_size: float | Sequence[float], *, batch
         raise ValueError(f"points must have shape [N, 3+F], got {tuple(points.shape)}")
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
-    size = torch.as_tensor(voxel_size, dtype=points.dtype, device=points.device).expand(3)
-    if (size <= 0).any():
-        raise ValueError(f"voxel_size must be positive, got {voxel_size!r}")
+    size = torch.as_tensor(voxel_size, dtype=points.dtype, device=points.device)
+    if size.numel() not in (1, 3) or not bool((size > 0).all()):
+        raise ValueError(f"voxel_size must be a positive number or 3 positive numbers, got {voxel_size!r}")
+    size = size.reshape(-1).expand(3)
     xyz = points[:, :3]
     feats = points[:, 3:] if points.shape[1] > 3 else xyz
     if points.shape[0] == 0:

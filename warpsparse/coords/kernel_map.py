@@ -24,6 +24,16 @@ class PairList:
     counts: tuple[int, ...]  # K host ints
 
 
+def _nonzero(valid: torch.Tensor, count: int) -> torch.Tensor:
+    """``valid.nonzero()`` when the count is known: no second host read (CUDA ``nonzero_static``, torch >= 2.6)."""
+    if count == 0:
+        return torch.zeros((0, valid.dim()), dtype=torch.int64, device=valid.device)
+    try:
+        return torch.nonzero_static(valid, size=count)
+    except NotImplementedError:
+        return valid.nonzero()
+
+
 @dataclass(eq=False)
 class KernelMap:
     """A convolution's neighbour table from ``num_in`` input sites to ``num_out`` output sites.
@@ -34,6 +44,8 @@ class KernelMap:
 
     ``kind`` names the geometry (``"subm"``, ``"conv"``, ``"transposed"``, ...); ``symmetric`` marks maps
     whose reverse is the forward table with offsets mirrored (submanifold maps with centred kernels).
+    A builder that computed the row masks on the way passes them as ``_mask``. On CUDA the layouts are built
+    by Triton kernels without host reads (except :attr:`pairs`, which reads its counts once).
     """
 
     nbr: torch.Tensor
@@ -43,6 +55,7 @@ class KernelMap:
     stride: Triple = (1, 1, 1)
     symmetric: bool = False
     _reverse: "KernelMap | None" = field(default=None, repr=False)
+    _mask: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.nbr.dim() != 2 or self.nbr.dtype != torch.int32:
@@ -68,15 +81,15 @@ class KernelMap:
     def pairs(self) -> PairList:
         """Per-offset pair lists (reads the counts to the host once)."""
         k = self.kernel_volume
-        valid = self.nbr >= 0  # [N_out, K]
         # offset-major order: transpose so pairs of one offset are contiguous
-        valid_t = valid.t()
-        offset_of_pair, out_idx = valid_t.nonzero(as_tuple=True)
-        in_idx = self.nbr.t()[offset_of_pair, out_idx].long()
+        valid_t = (self.nbr >= 0).t()  # [K, N_out]
         counts_dev = valid_t.sum(dim=1)
         bounds = torch.zeros(k + 1, dtype=torch.int64, device=self.device)
         torch.cumsum(counts_dev, 0, out=bounds[1:])
-        counts = tuple(int(c) for c in counts_dev.tolist())
+        counts = tuple(int(c) for c in counts_dev.tolist())  # the one host read
+        where = _nonzero(valid_t, sum(counts))
+        offset_of_pair, out_idx = where[:, 0], where[:, 1]
+        in_idx = self.nbr.t()[offset_of_pair, out_idx].long()
         return PairList(in_idx, out_idx, offset_of_pair, bounds, counts)
 
     @cached_property
@@ -91,6 +104,9 @@ class KernelMap:
         if self._reverse is None:
             if self.symmetric:
                 nbr_t = self.nbr.flip(1).contiguous()
+            elif self.device.type == "cuda":
+                from warpsparse.coords.triton_maps import reverse_table
+                nbr_t = reverse_table(self.nbr, self.num_in)
             else:
                 nbr_t = torch.full((self.num_in, self.kernel_volume), -1, dtype=torch.int32, device=self.device)
                 p = self.pairs
@@ -103,6 +119,11 @@ class KernelMap:
     @cached_property
     def mask(self) -> torch.Tensor:
         """Per output row, the int64 bitmask of offsets present; bit 62 also stands for every offset past 62."""
+        if self._mask is not None:
+            return self._mask
+        if self.device.type == "cuda":
+            from warpsparse.coords.triton_maps import row_mask
+            return row_mask(self.nbr)
         valid = self.nbr >= 0
         low = min(self.kernel_volume, 62)
         bits = torch.ones(low, dtype=torch.int64, device=self.device) << torch.arange(low, device=self.device)
@@ -114,7 +135,12 @@ class KernelMap:
     @cached_property
     def sorted_order(self) -> torch.Tensor:
         """Output rows ordered by :attr:`mask` (int32), so rows with the same pattern sit together."""
-        return torch.argsort(self.mask, stable=True).to(torch.int32)
+        mask = self.mask
+        for narrow in (torch.int16, torch.int32):  # masks of few offsets fit a narrower key: fewer radix passes
+            if self.kernel_volume < torch.iinfo(narrow).bits:
+                mask = mask.to(narrow)
+                break
+        return torch.argsort(mask, stable=True).to(torch.int32)
 
     @cached_property
     def sorted_nbr(self) -> torch.Tensor:

@@ -1,33 +1,188 @@
-"""Dispatch of one op to an algorithm (placeholder: the first applicable candidate, default parameters)."""
+"""Dispatch of one op: an in-memory decision table in front of the tuner.
+
+A call's slot is its bucketed signature, device and mode; a hit runs the remembered (algorithm, params)
+at once (no file I/O, no device sync). A miss resolves the allowed algorithms, then tunes (or reuses what
+the persistent cache holds) and fills the slot.
+"""
 from __future__ import annotations
 
-import enum
-from typing import Any, Sequence, Union
+import contextlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Hashable, Iterator, Sequence
 
 import torch
 
 from warpsparse.algorithms import registry
-from warpsparse.algorithms.base import Op, Signature
+from warpsparse.algorithms.base import Algorithm, Op, Signature
 from warpsparse.coords.kernel_map import KernelMap
+from warpsparse.tuner import store
+from warpsparse.tuner.key import entry_key, hot_key
+from warpsparse.tuner.modes import AUTO, REFERENCE, AlgoSpec, Mode, describe, env_setting, mode_for
+from warpsparse.tuner.search import Choice, choose
 
-AlgoSpec = Union[None, str, enum.Enum, Sequence[Union[str, enum.Enum]]]
+log = logging.getLogger("warpsparse.tuner")
+
+Slot = tuple[Hashable, Mode]
+
+_table: dict[Slot, Choice] = {}
+_tuning = threading.RLock()
+_skip_logged: set[tuple[str, str, str]] = set()
+_collecting: dict[Slot, "Call"] | None = None
+
+
+@dataclass(frozen=True)
+class Call:
+    """One recorded call (see :func:`collect_calls`)."""
+
+    op: Op
+    a: torch.Tensor
+    b: torch.Tensor
+    kmap: KernelMap
+    mode: Mode
 
 
 def dispatch(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, algo: AlgoSpec = None) -> torch.Tensor:
-    """Run ``op(a, b, kmap)`` with an algorithm allowed by ``algo`` (None/AUTO: any)."""
-    names: list[Any]
-    if algo is None:
-        names = [x.name for x in registry.algorithms_for(op)]
-    elif isinstance(algo, (str, enum.Enum)):
-        names = [algo]
+    """Run ``op(a, b, kmap)`` with the fastest correct algorithm allowed by ``algo``.
+
+    ``algo``: an algorithm name or mode enum, a list of them, ``"auto"``, or ``None`` (the environment
+    variable for ``op``, default auto). The first call of a signature tunes; later ones reuse the choice.
+    """
+    slot = (hot_key(op, a, b, kmap), mode_for(op, algo))
+    choice = _table.get(slot)
+    if choice is None:
+        choice = _decide(op, a, b, kmap, slot, algo)
+    return choice[0].run(op, choice[1], a, b, kmap)
+
+
+def _source(op: Op, algo: AlgoSpec) -> str:
+    if algo is not None:
+        return "fwd_algo" if op.is_forward else "bwd_algo"
+    setting = env_setting(op)
+    return f"{setting[0]}={setting[1]!r}" if setting else "auto"
+
+
+def _describe_call(sig: Signature) -> str:
+    return (f"{sig.op.value} ({str(sig.dtype).removeprefix('torch.')} on {sig.device_type}, "
+            f"C={sig.c_in}->{sig.c_out}, K={sig.kernel_volume})")
+
+
+def _why_not(alg: Algorithm, sig: Signature) -> str | None:
+    try:
+        return alg.applies_to(sig)
+    except Exception as exc:  # noqa: BLE001 - a broken applies_to disqualifies its algorithm
+        return f"applies_to raised {type(exc).__name__}: {exc}"
+
+
+def allowed_algorithms(op: Op, sig: Signature, mode: Mode, algo: AlgoSpec = None) -> list[Algorithm]:
+    """The registered algorithms of ``mode`` that can run ``sig``; ``ValueError`` saying why if there are none."""
+    chosen: list[Algorithm] = []
+    reasons: dict[str, str] = {}
+    if mode is AUTO:
+        candidates: Sequence[Algorithm | str] = registry.algorithms_for(op)
     else:
-        names = list(algo)
-    names = [n.value if isinstance(n, enum.Enum) else n for n in names]
-    if "auto" in names:
-        names = [x.name for x in registry.algorithms_for(op)]
+        candidates = list(mode)
+    for item in candidates:
+        if isinstance(item, str):
+            try:
+                item = registry.get(item)
+            except KeyError:
+                reasons[item] = "not available in this installation (not registered: its backend is missing)"
+                continue
+        reason = _why_not(item, sig)
+        if reason is None:
+            chosen.append(item)
+        else:
+            reasons[item.name] = reason
+    if not chosen:
+        why = "; ".join(f"{name}: {reason}" for name, reason in reasons.items()) or "no algorithm is registered"
+        raise ValueError(f"{_source(op, algo)}: {describe(mode)} cannot run {_describe_call(sig)}: {why}")
+    if mode is not AUTO:
+        for name, reason in reasons.items():
+            if (op.value, name, reason) not in _skip_logged:
+                _skip_logged.add((op.value, name, reason))
+                log.info("skipping %s for %s: %s", name, op.value, reason)
+    return chosen
+
+
+def _default(algos: list[Algorithm], sig: Signature) -> Choice:
+    """The untuned choice: the reference if allowed, else the first allowed algorithm, default parameters."""
+    alg = next((a for a in algos if a.name == REFERENCE[sig.op.depthwise]), algos[0])
+    return alg, alg.default_params(sig)
+
+
+def _decide(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, slot: Slot, algo: AlgoSpec) -> Choice:
+    mode = slot[1]
     sig = Signature.of(op, a, b, kmap)
-    for name in names:
-        alg = registry.get(name)
-        if alg.applies_to(sig) is None:
-            return alg.run(op, alg.default_params(sig), a, b, kmap)
-    raise ValueError(f"no algorithm among {names} applies to {op.value}")
+    algos = allowed_algorithms(op, sig, mode, algo)
+    if min(sig.n_in, sig.n_out, sig.num_pairs) == 0:  # nothing to compute, nothing to tune
+        return _table.setdefault(slot, _default(algos, sig))
+    collecting = _collecting
+    if collecting is not None:
+        collecting.setdefault(slot, Call(op, a, b, kmap, mode))
+        return _default(algos, sig)
+    if a.is_cuda and torch.cuda.is_current_stream_capturing():  # timing would break the capture
+        return _default(algos, sig)
+    with _tuning:
+        choice = _table.get(slot)
+        if choice is None:
+            choice = _table[slot] = choose(op, a, b, kmap, sig, algos, entry_key(sig, kmap, a.device),
+                                           store.store_for())
+    return choice
+
+
+@contextlib.contextmanager
+def collect_calls() -> Iterator[list[Call]]:
+    """Record the first call of every untuned signature (running untuned defaults) for :func:`pretune`.
+
+    The list is filled when the ``with`` block ends.
+    """
+    global _collecting
+    previous, calls = _collecting, {}
+    _collecting = calls
+    found: list[Call] = []
+    try:
+        yield found
+    finally:
+        _collecting = previous
+        found.extend(calls.values())
+
+
+def pretune(calls: Sequence[Call], retune: bool = False, progress: bool = True) -> list[Choice]:
+    """Tune every recorded call (with a progress bar); ``retune`` ignores cached results."""
+    from tqdm.auto import tqdm
+
+    choices = []
+    with _tuning, torch.no_grad():
+        for call in tqdm(calls, desc="tuning", unit="signature", disable=not progress):
+            sig = Signature.of(call.op, call.a, call.b, call.kmap)
+            algos = allowed_algorithms(call.op, sig, call.mode)
+            choice = choose(call.op, call.a, call.b, call.kmap, sig, algos, entry_key(sig, call.kmap, call.a.device),
+                            store.store_for(), retune=retune)
+            _table[(hot_key(call.op, call.a, call.b, call.kmap), call.mode)] = choice
+            choices.append(choice)
+    return choices
+
+
+def save_tuning_cache() -> bool:
+    """Write every pending tuning result to the cache file now; ``True`` if all were written."""
+    return store.save_all()
+
+
+def reset(save: bool = True) -> None:
+    """Forget every decision and cached result held in memory (first saving them unless ``save=False``)."""
+    with _tuning:
+        if save:
+            store.save_all()
+        _table.clear()
+        store.forget_all()
+
+
+def _after_fork_in_child() -> None:
+    global _tuning
+    _tuning = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -134,15 +134,17 @@ def parse_mode(value: AlgoSpec, depthwise: bool, what: str) -> Mode:
     return tuple(sorted(names)) or AUTO
 
 
-def _cached_parse(value: Any, depthwise: bool, what: str) -> Mode:
-    cache_key = (value, depthwise, what)
+def _cached_parse(value: Any, depthwise: bool, source: str) -> Mode:
+    """``parse_mode`` memoised per (value, family, source); ``source`` is an argument or variable name."""
+    cache_key = (value, depthwise, source)
     try:
         return _parsed[cache_key]
     except KeyError:
+        what = f"{source}={value!r}" if source.startswith("WARPCONVNET_") else source
         mode = _parsed[cache_key] = parse_mode(value, depthwise, what)
         return mode
-    except TypeError:  # unhashable value
-        return parse_mode(value, depthwise, what)
+    except TypeError:  # unhashable value: parse_mode raises the proper error
+        return parse_mode(value, depthwise, source)
 
 
 def env_setting(op: Op) -> tuple[str, str] | None:
@@ -154,17 +156,22 @@ def env_setting(op: Op) -> tuple[str, str] | None:
     return None
 
 
+_OP_INFO: dict[Op, tuple[bool, str, tuple[str, ...]]] = {
+    op: (op.depthwise, "fwd_algo" if op.is_forward else "bwd_algo", ENV_VARS[op]) for op in Op}
+
+
 def mode_for(op: Op, algo: AlgoSpec) -> Mode:
     """The mode of one call: ``algo`` itself, or (``None``) the environment (AUTO when unset)."""
+    depthwise, argument, variables = _OP_INFO[op]
     if algo is None:
-        for var in ENV_VARS[op]:
+        for var in variables:
             raw = os.environ.get(var)
             if raw:
-                return _cached_parse(raw, op.depthwise, var)
+                return _cached_parse(raw, depthwise, var)
         return AUTO
-    if isinstance(algo, list):
+    if type(algo) is list:
         algo = tuple(algo)
-    return _cached_parse(algo, op.depthwise, "fwd_algo" if op.is_forward else "bwd_algo")
+    return _cached_parse(algo, depthwise, argument)
 
 
 def describe(mode: Mode) -> str:

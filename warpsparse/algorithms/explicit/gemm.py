@@ -22,11 +22,11 @@ def _propagate(src: torch.Tensor, weight: torch.Tensor, src_idx: torch.Tensor, d
     ranges = offset_ranges(pairs.counts)
     for k in looped:
         start, stop = ranges[k]
-        acc.index_add_(0, dst_idx[start:stop], src[src_idx[start:stop]] @ weight[k])
+        acc.index_add_(0, dst_idx[start:stop], (src[src_idx[start:stop]] @ weight[k]).to(acc.dtype))
     if batch is not None:
         rows = src[src_idx[batch.pos]] * batch.valid[..., None]
         prod = torch.bmm(rows, weight[batch.offsets])
-        acc.index_add_(0, dst_idx[batch.pos[batch.valid]], prod[batch.valid])
+        acc.index_add_(0, dst_idx[batch.pos[batch.valid]], prod[batch.valid].to(acc.dtype))
     return acc.to(src.dtype)
 
 

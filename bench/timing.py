@@ -1,0 +1,236 @@
+"""Timing shared by the benchmarks (medians of CUDA-event or perf_counter timings) and the environment record."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib
+import importlib.metadata
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCAN_FILE = REPO / "warpsparse" / "data" / "waymo-scan-spconv.npz"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Summary of repeated timings, in milliseconds."""
+
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    min_ms: float
+    reps: int
+
+    @staticmethod
+    def of(samples: Sequence[float]) -> "Timing":
+        if not samples:
+            raise ValueError("no timing samples")
+        ordered = sorted(samples)
+
+        def at(q: float) -> float:
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+        return Timing(float(statistics.median(ordered)), at(0.2), at(0.8), ordered[0], len(ordered))
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for ``device`` (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(fns: Sequence[Callable[[], object]], device: torch.device, rounds: int,
+                isolate: bool = True) -> list[list[float]]:
+    """Milliseconds of ``rounds`` runs of every function, interleaved round by round.
+
+    On CUDA each run is bracketed by CUDA events; ``isolate`` synchronizes before every run, so each starts on
+    an idle device (the latency of one module call, host work included); without it runs go back to back
+    (kernel throughput). On CPU, ``perf_counter`` around each run.
+    """
+    if device.type != "cuda":
+        samples: list[list[float]] = [[] for _ in fns]
+        for _ in range(rounds):
+            for fn, out in zip(fns, samples):
+                t0 = time.perf_counter()
+                fn()
+                out.append((time.perf_counter() - t0) * 1e3)
+        return samples
+    events = [[(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(rounds)]
+              for _ in fns]
+    sync(device)
+    for r in range(rounds):
+        for fn, evs in zip(fns, events):
+            if isolate:
+                sync(device)
+            evs[r][0].record()
+            fn()
+            evs[r][1].record()
+    sync(device)
+    return [[start.elapsed_time(end) for start, end in evs] for evs in events]
+
+
+def measure(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, target_s: float = 1.0,
+            min_reps: int = 5, max_reps: int = 50, isolate: bool = True) -> Timing:
+    """Median timing of ``fn()`` after ``warmup`` calls; the number of reps aims at ``target_s`` seconds."""
+    for _ in range(max(warmup - 1, 0)):
+        fn()
+    if warmup > 0:
+        last = interleaved([fn], device, 1, isolate)[0][0]
+    else:
+        last = 0.0
+    reps = min_reps if last <= 0 else int(target_s * 1e3 / last)
+    reps = max(min_reps, min(max_reps, reps))
+    return Timing.of(interleaved([fn], device, reps, isolate)[0])
+
+
+def kernel_breakdown(fn: Callable[[], object], device: torch.device, calls: int = 3,
+                     top: int = 12) -> dict[str, Any]:
+    """Where the device time of ``fn()`` goes: CUDA kernel time per call, and the ``top`` kernels with their share.
+
+    ``gpu_ms`` is the sum of kernel times per call; compared with the call's wall time it shows how much of a
+    call the device sits idle (host work, syncs, launch gaps). Empty without CUDA or when the profiler fails.
+    """
+    if device.type != "cuda":
+        return {}
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        sync(device)
+    kernels: dict[str, list[float]] = {}
+    for e in prof.key_averages():
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        us = getattr(e, "self_device_time_total", None)
+        if us is None:
+            us = getattr(e, "self_cuda_time_total", 0.0)
+        slot = kernels.setdefault(e.key, [0.0, 0])
+        slot[0] += us / 1e3 / calls
+        slot[1] += e.count / calls
+    total = sum(v[0] for v in kernels.values())
+    ranked = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]
+    return {"gpu_ms": total, "kernels": [{"name": name[:120], "ms": v[0], "share": v[0] / total if total else 0.0,
+                                          "launches": v[1]} for name, (v) in ranked]}
+
+
+def wall(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call of ``fn``, device work included."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``, or ``None`` when either is missing or the denominator is not positive."""
+    if numerator is None or denominator is None or not denominator > 0 or not math.isfinite(numerator):
+        return None
+    return numerator / denominator
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# environment record
+
+
+def _version(module: str, *dists: str, import_it: bool = False) -> str | None:
+    for name in dists or (module,):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    found = sys.modules.get(module)
+    if found is None and import_it:
+        try:
+            found = importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - a missing or broken package has no version
+            return None
+    version = getattr(found, "__version__", None)
+    return str(version) if version is not None else None
+
+
+def _driver_version() -> str | None:
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20, check=True)
+        return done.stdout.strip().splitlines()[0].strip() or None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True)
+        return done.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Who measured: date, GPU (model, capability, SMs, memory, driver), CPU, library versions, data checksum."""
+    import warpsparse
+    from warpsparse.algorithms import registry
+
+    env: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": str(device),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "warpsparse": warpsparse.__version__,
+        "git_commit": _git_commit(),
+        "torch": torch.__version__,
+        "cuda_runtime": torch.version.cuda,
+        "triton": _version("triton", "triton", "pytorch-triton", import_it=True),
+        "cupy": _version("cupy", "cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy"),
+        "spconv": _version("spconv", "spconv-cu126", "spconv-cu124", "spconv-cu121", "spconv-cu118", "spconv"),
+        "cumm": _version("cumm", "cumm-cu126", "cumm-cu124", "cumm-cu121", "cumm-cu118", "cumm"),
+        "numpy": _version("numpy"),
+        "algorithms": registry.names(),
+        "allow_tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "scan_file": SCAN_FILE.name,
+        "scan_sha256": _sha256(SCAN_FILE),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(gpu=props.name, capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count,
+                   gpu_memory_gib=round(props.total_memory / 2**30, 1), driver=_driver_version())
+    else:
+        env.update(gpu=None, driver=None)
+    return env

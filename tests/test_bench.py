@@ -1,0 +1,116 @@
+"""The benchmark entry point (``python -m bench``) at a tiny size, so that it cannot rot.
+
+CPU: explicit algorithm only, in a temporary output directory. GPU (``gpu`` marker): AUTO and, when
+importable, spconv, whose outputs must agree with warpsparse's on the same voxels and weights.
+"""
+import json
+import math
+
+import pytest
+import torch
+
+from bench import networks as nets
+from bench.run import main
+
+WORKLOADS = "tuning,spconv_net,regret,layers,maps"
+
+
+def _run(tmp_path, monkeypatch, *args):
+    # a tiny tuning budget: the smoke run checks the plumbing, not the tuner
+    monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "1")
+    out = tmp_path / "out"
+    main(["--tiny", "--out", str(out), *args])
+    data = json.loads((out / "results.json").read_text())
+    return out, data
+
+
+def _check_network_rows(rows, impls):
+    assert {(r["impl"], r["pass"]) for r in rows} == {(i, p) for i in impls for p in ("fwd", "fwd+bwd")}
+    for r in rows:
+        assert "error" not in r, r
+        assert 0 < r["min_ms"] <= r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
+        assert r["reps"] >= 3 and r["first_call_s"] > 0
+        assert r["sites"] > 100 and r["input"].startswith("scan @ 3.2 m")
+
+
+def test_entry_point_tiny_cpu(tmp_path, monkeypatch):
+    out, data = _run(tmp_path, monkeypatch, "--device", "cpu", "--algos", "explicit", "--dtype", "float32",
+                     "--workloads", WORKLOADS)
+    env = data["environment"]
+    assert env["torch"] == torch.__version__ and env["date"] and env["scan_sha256"]
+    assert data["config"]["algos"] == ["explicit_gemm"]
+    wl = data["workloads"]
+    assert wl["spconv_net"]["status"] == "ok"
+    _check_network_rows(wl["spconv_net"]["rows"], ["warpsparse-explicit"])
+
+    tuning = wl["tuning"]["rows"]
+    assert [r["phase"] for r in tuning] == ["empty cache", "warm cache"]
+    for r in tuning:
+        assert "error" not in r, r
+        assert r["network"] == "spconv_net" and r["first_call_s"] > 0 and r["steady_ms"] > 0
+    # the second process finds every signature in the cache the first one wrote, and adds none
+    assert tuning[0]["cache_entries"] > 0 and tuning[1]["cache_entries"] == tuning[0]["cache_entries"]
+
+    regret = wl["regret"]
+    assert regret["status"] == "ok" and len(regret["rows"]) == 9
+    for r in regret["rows"]:
+        assert "error" not in r, r
+        assert r["timed"] == r["candidates"] == 4 and r["choice"].startswith("explicit_gemm")
+        assert r["regret"] >= 1.0 and r["best_ms"] <= r["choice_ms"]
+    summary = regret["summary"]
+    assert summary["count"] == 9 and 1.0 <= summary["median"] <= summary["worst"]
+
+    assert wl["maps"]["status"] == "skipped"  # needs a GPU
+    assert wl["layers"]["status"] in ("ok", "skipped")
+
+    md = (out / "results.md").read_text()
+    assert "## spconv's benchmark network" in md and "## Tuning cost" in md and "## AUTO regret" in md
+    assert md.count("| spconv_net | scan @ 3.2 m | fp32 |") == 2
+    plots = data.get("plots", [])
+    assert "regret.png" in plots and all((out / p).stat().st_size > 0 for p in plots)
+
+
+def test_output_difference_aligns_sites():
+    n = 50
+    coords = torch.unique(torch.randint(0, 9, (n, 4), dtype=torch.int32), dim=0)
+    feats = torch.randn(coords.shape[0], 5)
+    perm = torch.randperm(coords.shape[0])
+    same = nets.output_difference(coords, feats, coords[perm], feats[perm])
+    assert same["same_sites"] and same["rel_error"] == 0.0
+    noisy = nets.output_difference(coords, feats, coords[perm], feats[perm] + 0.1)
+    assert noisy["same_sites"] and 0 < noisy["rel_error"] < 1
+    other = nets.output_difference(coords[1:], feats[1:], coords, feats)
+    assert not other["same_sites"] and "rel_error" not in other
+
+
+def test_copy_weights_layout():
+    """spconv's [C_out, k0, k1, k2, C_in] weight of a warpsparse [K, C_in, C_out] weight, offset k = (i0*k1+i1)*k2+i2."""
+    src = nets.SpconvBenchmarkNet(nets.WarpsparseBackend("explicit_gemm"), 3, width_divisor=16)
+
+    class Fake5d(torch.nn.Module):
+        def __init__(self, w):
+            super().__init__()
+            k, c_in, c_out = w.shape
+            self.weight = torch.nn.Parameter(torch.full((c_out, 3, 3, 3, c_in), math.nan))
+
+    convs = nets.conv_layers(src)
+    dst = torch.nn.Sequential(*[Fake5d(c.weight) for c in convs])
+    nets.copy_weights(src, dst)
+    for s, d in zip(convs, dst):
+        i0, i1, i2 = torch.randint(0, 3, (3,)).tolist()
+        k = (i0 * 3 + i1) * 3 + i2
+        assert torch.equal(d.weight[:, i0, i1, i2, :], s.weight[k].t())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_entry_point_tiny_gpu(tmp_path, monkeypatch):
+    out, data = _run(tmp_path, monkeypatch, "--device", "cuda", "--algos", "auto", "--dtype", "float32",
+                     "--workloads", "spconv_net,minkunet")
+    spconv_there = data["environment"].get("peer") == "spconv"
+    impls = ["warpsparse-auto"] + (["spconv"] if spconv_there else [])
+    for name in ("spconv_net", "minkunet"):
+        _check_network_rows(data["workloads"][name]["rows"], impls)
+        for check in data["workloads"][name]["checks"]:
+            assert check["same_sites"] and check["rel_error"] < 1e-3, check
+    assert "| spconv_net | scan @ 3.2 m | fp32 |" in (out / "results.md").read_text()

@@ -1,0 +1,222 @@
+"""Every bad input of the issue's error list gives a ValueError / TypeError that names the argument, what was
+given and what is allowed."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import warpsparse
+import warpsparse.nn as wnn
+from warpsparse.nn.functional import sparse_conv3d, spatially_sparse_conv, subm_conv3d
+
+from oracle import EXPLICIT, EXPLICIT_DW, fresh_seed, one_thread, quick_tuning, random_coords  # noqa: F401
+
+
+def _coords(num: int = 10) -> torch.Tensor:
+    return random_coords(num, (5, 5, 5), 2)
+
+
+def _x(channels: int = 3, num: int = 20) -> warpsparse.SparseTensor:
+    return warpsparse.SparseTensor(torch.randn(num, channels), _coords(num))
+
+
+@pytest.mark.parametrize("coords, match", [
+    (torch.zeros(4, 3, dtype=torch.int32), r"coords must have shape \[N, 4\].*got \(4, 3\)"),
+    (torch.zeros(4, dtype=torch.int32), r"coords must have shape \[N, 4\].*got \(4,\)"),
+    (torch.zeros(4, 4, 1, dtype=torch.int32), r"coords must have shape \[N, 4\]"),
+])
+def test_wrong_coord_shape(coords, match):
+    with pytest.raises(ValueError, match=match):
+        warpsparse.SparseTensor(torch.randn(4, 2), coords)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bool], ids=str)
+def test_wrong_coord_dtype(dtype):
+    with pytest.raises(TypeError, match=f"coords must be an integer tensor, got {dtype}"):
+        warpsparse.SparseTensor(torch.randn(10, 2), _coords().to(dtype))
+
+
+def test_coords_not_a_tensor():
+    with pytest.raises(TypeError, match="coords must be a torch.Tensor, got list"):
+        warpsparse.SparseTensor(torch.randn(1, 2), [[0, 0, 0, 0]])
+
+
+def test_negative_coordinates():
+    coords = _coords()
+    coords[6, 2] = -1
+    with pytest.raises(ValueError, match=r"non-negative; row 6 is \[.*-1.*\]"):
+        warpsparse.SparseTensor(torch.randn(10, 2), coords)
+
+
+@pytest.mark.parametrize("column, limit_name", [(0, "batch_size=2"), (1, "spatial_shape"), (3, "spatial_shape")])
+def test_coordinates_outside_shape(column, limit_name):
+    coords = _coords()
+    coords[4, column] = 5 if column else 2
+    with pytest.raises(ValueError, match=rf"coords row 4 = .* lies outside .*{limit_name}"):
+        warpsparse.SparseTensor(torch.randn(10, 2), coords, spatial_shape=(5, 5, 5), batch_size=2)
+
+
+def test_duplicate_sites_report_count_and_first_row():
+    coords = _coords()
+    coords[7] = coords[2]  # the first row repeating an earlier one
+    coords[9] = coords[1]
+    coords[8] = coords[1]
+    with pytest.raises(ValueError, match=r"3 duplicate site\(s\); the first repeated one is row 7 = .*voxelize"):
+        warpsparse.SparseTensor(torch.randn(10, 2), coords)
+
+
+def test_features_coords_length_mismatch():
+    with pytest.raises(ValueError, match="features has 9 rows but coords has 10"):
+        warpsparse.SparseTensor(torch.randn(9, 2), _coords())
+
+
+def test_features_on_another_device():
+    with pytest.raises(ValueError, match="coords are on cpu but features on meta"):
+        warpsparse.SparseTensor(torch.randn(10, 2, device="meta"), _coords())
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool], ids=str)
+def test_non_float_features(dtype):
+    with pytest.raises(TypeError, match=f"features must be a floating-point tensor, got {dtype}"):
+        warpsparse.SparseTensor(torch.ones(10, 2, dtype=dtype), _coords())
+
+
+def test_features_wrong_rank():
+    with pytest.raises(ValueError, match=r"features must have shape \[N, C\], got \(10,\)"):
+        warpsparse.SparseTensor(torch.randn(10), _coords())
+
+
+@pytest.mark.parametrize("shape, batch, match", [
+    (None, None, "empty SparseTensor needs spatial_shape and batch_size"),
+    ((4, 4), 1, r"spatial_shape must be 3 positive ints, got \(4, 4\)"),
+    ((4, 0, 4), 1, r"spatial_shape must be 3 positive ints"),
+    ((4, 4, 4), 0, "batch_size must be a positive int, got 0"),
+])
+def test_bad_shape_arguments(shape, batch, match):
+    with pytest.raises(ValueError, match=match):
+        warpsparse.SparseTensor(torch.zeros(0, 2), torch.zeros(0, 4, dtype=torch.int32), shape, batch)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: wnn.SubMConv3d(4, 2, 3, **EXPLICIT),
+    lambda: wnn.SparseConv3d(4, 2, 3, **EXPLICIT),
+    lambda: wnn.SparseConvTranspose3d(4, 2, 3, **EXPLICIT),
+    lambda: wnn.SpatiallySparseConv(4, 2, 3, **EXPLICIT),
+    lambda: wnn.SparseDepthwiseConv3d(4, 3, **EXPLICIT_DW),
+], ids=["subm", "conv", "transposed", "spatial", "depthwise"])
+def test_channel_mismatch_with_module(make):
+    m = make()
+    with pytest.raises(ValueError, match=f"{type(m).__name__} expects 4 input channels, got 3"):
+        m(_x(3))
+
+
+def test_channel_mismatch_functional():
+    with pytest.raises(ValueError, match=r"does not fit kernel_size \(3, 3, 3\) \(K=27\) and 3 input channels"):
+        subm_conv3d(_x(3), torch.randn(27, 4, 2), None, 3, **EXPLICIT)
+    with pytest.raises(ValueError, match=r"weight of shape \(8, 3, 2\) does not fit kernel_size \(3, 3, 3\)"):
+        spatially_sparse_conv(_x(3), torch.randn(8, 3, 2), 3, **EXPLICIT)
+
+
+@pytest.mark.parametrize("kernel", [2, (3, 4, 3)])
+def test_even_kernel_for_submanifold(kernel):
+    with pytest.raises(ValueError, match="submanifold convolution needs odd kernel sizes"):
+        wnn.SubMConv3d(2, 2, kernel, **EXPLICIT)
+    with pytest.raises(ValueError, match="odd kernel sizes"):
+        subm_conv3d(_x(2), torch.randn(27, 2, 2), None, kernel, **EXPLICIT)
+
+
+@pytest.mark.parametrize("kernel, error, match", [
+    (0, ValueError, r"kernel_size must be >= 1 on every axis, got \(0, 0, 0\)"),
+    ((3, -1, 3), ValueError, r"kernel_size must be >= 1 on every axis"),
+    ((3, 3), TypeError, r"kernel_size must be an int or a tuple of 3 ints, got \(3, 3\)"),
+    (2.5, TypeError, r"kernel_size must be an int or a tuple of 3 ints, got 2.5"),
+    (True, TypeError, r"kernel_size must be an int or a tuple of 3 ints, got True"),
+])
+def test_unsupported_kernel_sizes(kernel, error, match):
+    for make in (lambda: wnn.SparseConv3d(2, 2, kernel), lambda: wnn.SpatiallySparseConv(2, 2, kernel),
+                 lambda: wnn.SparseMaxPool3d(kernel)(_x(2))):
+        with pytest.raises(error, match=match):
+            make()
+
+
+@pytest.mark.parametrize("name, value", [("stride", 0), ("dilation", 0), ("padding", -1)])
+def test_bad_geometry_arguments(name, value):
+    with pytest.raises(ValueError, match=f"{name} must be >= "):
+        wnn.SparseConv3d(2, 2, 3, **{name: value})
+
+
+def test_unknown_indice_key():
+    x = _x(2)
+    y = wnn.SparseConv3d(2, 2, 2, 2, indice_key="down1", **EXPLICIT)(x)
+    with pytest.raises(ValueError, match=r"unknown indice_key 'down2'; stored keys: \['down1'\]"):
+        wnn.SparseInverseConv3d(2, 2, 2, "down2", **EXPLICIT)(y)
+
+
+def test_indice_key_misuse():
+    x = _x(2)
+    y = wnn.SparseConv3d(2, 2, 2, 2, indice_key="down", **EXPLICIT)(x)
+    with pytest.raises(ValueError, match=r"kernel_size \(3, 3, 3\) differs from the \(2, 2, 2\)"):
+        wnn.SparseInverseConv3d(2, 2, 3, "down", **EXPLICIT)(y)
+    with pytest.raises(ValueError, match="an inverse conv takes the output of the conv stored there"):
+        wnn.SparseInverseConv3d(2, 2, 2, "down", **EXPLICIT)(x)
+    with pytest.raises(ValueError, match="indice_key 'down' holds a map built on other sites"):
+        wnn.SparseConv3d(2, 2, 2, 2, indice_key="down", **EXPLICIT)(y)
+    with pytest.raises(ValueError, match="indice_key 'down' holds a map of .*; use a new key"):
+        wnn.SparseConv3d(2, 2, 3, 2, indice_key="down", **EXPLICIT)(x)
+    with pytest.raises(TypeError, match="indice_key must be the str key"):
+        wnn.SparseInverseConv3d(2, 2, 2, None)
+
+
+def test_not_a_sparse_tensor():
+    with pytest.raises(TypeError, match="SubMConv3d takes a warpsparse.SparseTensor, got Tensor"):
+        wnn.SubMConv3d(2, 2, 3)(torch.randn(4, 2))
+    with pytest.raises(TypeError, match="input must be a warpsparse.SparseTensor, got Tensor"):
+        sparse_conv3d(torch.randn(4, 2), torch.randn(27, 2, 2))
+
+
+def test_mixed_dtypes_outside_autocast():
+    x = _x(2)
+    with pytest.raises(TypeError, match="features are torch.float32 but the weight is torch.float64.*autocast"):
+        subm_conv3d(x, torch.randn(27, 2, 2, dtype=torch.float64), None, 3, **EXPLICIT)
+
+
+@pytest.mark.parametrize("name, value", [("in_channels", 0), ("out_channels", -2), ("in_channels", 2.0)])
+def test_bad_channel_counts(name, value):
+    kw = {"in_channels": 2, "out_channels": 2, name: value}
+    with pytest.raises(ValueError, match=f"{name} must be a positive int, got {value!r}"):
+        wnn.SubMConv3d(**kw)
+
+
+def test_output_tensor_of_another_batch_size():
+    x = _x(2)
+    target = warpsparse.SparseTensor(torch.randn(3, 1), random_coords(3, (5, 5, 5), 1), (5, 5, 5), 5)
+    with pytest.raises(ValueError, match="output_spatially_sparse_tensor has batch_size 5, input 2"):
+        spatially_sparse_conv(x, torch.randn(27, 2, 2), 3, output_spatially_sparse_tensor=target, **EXPLICIT)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(reduce="median"), ValueError, r"reduce must be one of .*'median'"),
+    (dict(voxel_size=0.0), ValueError, "voxel_size must be a positive number or 3 positive numbers, got 0.0"),
+    (dict(voxel_size=(0.5, 0.5)), ValueError, r"voxel_size must be .*, got \(0.5, 0.5\)"),
+    (dict(voxel_size=(0.5, -1.0, 0.5)), ValueError, "voxel_size must be a positive number or 3"),
+    (dict(batch=torch.zeros(7)), ValueError, r"batch must be an integer tensor of shape \[10\]"),
+    (dict(origin=(1.0, 1.0, 1.0)), ValueError, "below origin"),
+])
+def test_voxelize_errors(kwargs, error, match):
+    points = torch.rand(10, 4)
+    args = {"voxel_size": 0.5, **kwargs}
+    with pytest.raises(error, match=match):
+        warpsparse.voxelize(points, **args)
+
+
+def test_voxelize_bad_points():
+    with pytest.raises(TypeError, match="points must be a floating-point tensor"):
+        warpsparse.voxelize(torch.ones(5, 3, dtype=torch.int64), 1.0)
+    with pytest.raises(ValueError, match=r"points must have shape \[N, 3\+F\], got \(5, 2\)"):
+        warpsparse.voxelize(torch.rand(5, 2), 1.0)
+
+
+def test_conv_with_empty_output_grid():
+    x = warpsparse.SparseTensor(torch.randn(5, 2), random_coords(5, (3, 3, 3), 1), (3, 3, 3), 1)
+    with pytest.raises(ValueError, match=r"gives an empty output grid .* for input grid \(3, 3, 3\)"):
+        wnn.SparseConv3d(2, 2, 5, **EXPLICIT)(x)

@@ -1,0 +1,104 @@
+"""`implicit` (Triton depthwise) against `explicit` in float64: map variants, ops, channels, dtypes, parameter
+points, poisoned allocations, determinism. On CPU through Triton's interpreter; ``gpu`` tests on the scan."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import warpsparse.algorithms.triton  # noqa: F401  (registers the Triton algorithms)
+from warpsparse.algorithms import Op, Signature, registry
+from warpsparse.coords.kernel_map import KernelMap
+
+from oracle import fresh_seed, seed_note  # noqa: F401  (fresh_seed: autouse fixture)
+from test_triton_conv import TOLERANCE, VARIANTS, make_map, needs_cuda, poisoned, relative_error, scan_map  # noqa: F401
+
+ALGO = registry.get("implicit")
+EXPLICIT = registry.get("explicit")
+DW_OPS = (Op.DW_FWD, Op.DW_DGRAD, Op.DW_WGRAD)
+
+
+def operands(op: Op, kmap: KernelMap, c: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    dev = kmap.device
+    x = torch.randn(kmap.num_in, c, device=dev).to(dtype)
+    w = (torch.randn(kmap.kernel_volume, c, device=dev) / 4).to(dtype)
+    g = torch.randn(kmap.num_out, c, device=dev).to(dtype)
+    return {Op.DW_FWD: (x, w), Op.DW_DGRAD: (g, w), Op.DW_WGRAD: (x, g)}[op]
+
+
+def check(op: Op, kmap: KernelMap, a: torch.Tensor, b: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+    ref = EXPLICIT.run(op, {"flat": True}, a.double(), b.double(), kmap)
+    out = ALGO.run(op, params, a, b, kmap)
+    assert out.dtype == a.dtype and out.device == a.device
+    err = relative_error(out, ref)
+    assert err <= TOLERANCE[a.dtype], f"{op.value} {a.dtype} params={params}: relative error {err:.3g} {seed_note()}"
+    return out
+
+
+def run_points(op: Op, kmap: KernelMap, c: int, dtype: torch.dtype, extra: int | None) -> None:
+    """The default point and ``extra`` random others (every point when ``extra`` is None)."""
+    a, b = operands(op, kmap, c, dtype)
+    sig = Signature.of(op, a, b, kmap)
+    assert ALGO.applies_to(sig) is None
+    default = ALGO.default_params(sig)
+    others = [p for p in ALGO.param_space(sig).points() if p != default]
+    assert default in list(ALGO.param_space(sig).points())
+    picked = others if extra is None else [others[i] for i in torch.randperm(len(others))[:extra].tolist()]
+    for params in [default, *picked]:
+        check(op, kmap, a, b, params)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("c", [1, 3, 16, 17, 64])
+@pytest.mark.parametrize("op", DW_OPS, ids=lambda o: o.value)
+def test_matches_explicit(variant: str, c: int, op: Op, poisoned: None) -> None:
+    run_points(op, make_map(variant), c, torch.float32, extra=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("op", DW_OPS, ids=lambda o: o.value)
+def test_half_types(dtype: torch.dtype, op: Op, poisoned: None) -> None:
+    run_points(op, make_map("strided"), 17, dtype, extra=1)
+
+
+@pytest.mark.parametrize("op", DW_OPS, ids=lambda o: o.value)
+def test_every_point(op: Op, poisoned: None) -> None:
+    run_points(op, make_map("subm", sites=64), 24, torch.float32, extra=None)
+
+
+def test_deterministic_wgrad() -> None:
+    kmap = make_map("subm")
+    a, b = operands(Op.DW_WGRAD, kmap, 16, torch.float32)
+    sig = Signature.of(Op.DW_WGRAD, a, b, kmap)
+    det = next(p for p in ALGO.param_space(sig).points() if p["deterministic"])
+    first = ALGO.run(Op.DW_WGRAD, det, a, b, kmap)
+    assert torch.equal(first, ALGO.run(Op.DW_WGRAD, det, a, b, kmap))
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert all(p["deterministic"] for p in ALGO.param_space(sig).points())
+        assert torch.equal(first, ALGO.run(Op.DW_WGRAD, {**det, "deterministic": False}, a, b, kmap))
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_applies_and_errors() -> None:
+    assert "fp64" in ALGO.applies_to(Signature(Op.DW_FWD, 5, 5, 8, 8, 27, torch.float64, "cuda", 9))
+    assert "does not implement" in ALGO.applies_to(Signature(Op.CONV_FWD, 5, 5, 8, 8, 27, torch.float32, "cuda", 9))
+    kmap = make_map("subm", sites=40)
+    x, w = operands(Op.DW_FWD, kmap, 8, torch.float32)
+    params = ALGO.default_params(Signature.of(Op.DW_FWD, x, w, kmap))
+    with pytest.raises(ValueError, match="weight"):
+        ALGO.run(Op.DW_FWD, params, x, w[:, :4], kmap)
+    with pytest.raises(ValueError, match="grad_out"):
+        ALGO.run(Op.DW_WGRAD, params, x, x[:-1], kmap)
+
+
+@pytest.mark.parametrize("variant", ["subm", "strided", "transposed", "inverse"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("c", [3, 64, 100])
+@pytest.mark.parametrize("op", DW_OPS, ids=lambda o: o.value)
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_scan(variant: str, dtype: torch.dtype, c: int, op: Op, poisoned: None) -> None:
+    run_points(op, scan_map(variant), c, dtype, extra=2)

@@ -1,0 +1,370 @@
+"""The Triton map builder against the PyTorch builder and a brute-force oracle; layouts; table reuse; limits.
+
+On CPU the kernels run in Triton's interpreter (small sizes); the ``gpu`` tests use the real scan.
+"""
+from __future__ import annotations
+
+import itertools
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from warpsparse.coords import triton_hash
+from warpsparse.coords.coord_set import CoordSet
+from warpsparse.coords.geometry import ConvGeometry, submanifold_geometry
+from warpsparse.coords.keys import key_radix, pack
+from warpsparse.coords.kernel_map import KernelMap
+from warpsparse.coords.maps import build_kernel_map
+from warpsparse.coords.triton_hash import CACHE_KEY
+from warpsparse.coords.triton_maps import reverse_table, row_mask
+
+from oracle import fresh_seed, random_coords  # noqa: F401
+
+SCAN = Path(__file__).resolve().parents[1] / "warpsparse" / "data" / "waymo-scan-spconv.npz"
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the kernels run compiled on a GPU, else interpreted
+
+@pytest.fixture(autouse=True)
+def many_programs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Narrow interpreter programs, so that work spreads over many programs as on a GPU."""
+    monkeypatch.setattr(triton_hash, "INTERPRETER_LANES", 256)
+
+
+KERNELS = [1, 2, 3, (3, 1, 3)]
+STRIDES = [1, 2, 3]
+
+
+def _t(v: int | tuple[int, int, int]) -> tuple[int, int, int]:
+    return (v, v, v) if isinstance(v, int) else v
+
+
+def _strided_cases(transposed: bool) -> list[tuple]:
+    """kernel x stride, with dilation, padding and batch cycled over the cases."""
+    cases = []
+    for i, (k, s) in enumerate(itertools.product(KERNELS, STRIDES)):
+        dil = (1, 2, (2, 1, 1))[i % 3]
+        pad = (0, 1, (2, 0, 1))[i % 3]
+        cases.append((ConvGeometry(_t(k), _t(s), _t(pad), _t(dil), transposed), (1, 3)[i % 2]))
+    return cases
+
+
+def random_set(num: int, shape: tuple[int, int, int], batch: int, device: str = DEV) -> CoordSet:
+    """Random distinct sites plus the grid's corners (coordinates 0 and shape-1) in the first and last batch."""
+    corners = torch.tensor([[b, x0, x1, x2] for b in {0, batch - 1} for x0 in (0, shape[0] - 1)
+                            for x1 in (0, shape[1] - 1) for x2 in (0, shape[2] - 1)], dtype=torch.int32)
+    return shuffled_set(torch.cat([corners, random_coords(num, shape, batch)]), shape, batch, device)
+
+
+def shuffled_set(coords: torch.Tensor, shape: tuple[int, int, int], batch: int, device: str = DEV) -> CoordSet:
+    """The distinct sites of ``coords`` in random order."""
+    coords = torch.unique(coords.cpu(), dim=0)
+    return CoordSet(coords[torch.randperm(coords.shape[0])].to(device).contiguous(), shape, batch)
+
+
+def brute_force_pairs(src: CoordSet, geom: ConvGeometry, out_shape: tuple[int, int, int]) -> set[tuple]:
+    """Every (input row, offset, output site) of the conv relation, by enumeration in Python."""
+    offsets = list(itertools.product(*(range(k) for k in geom.kernel_size)))
+    pairs = set()
+    for row, (b, *x) in enumerate(src.coords.tolist()):
+        for k, pos in enumerate(offsets):
+            out = []
+            for xi, t, s, d, p, n in zip(x, pos, geom.stride, geom.dilation, geom.padding, out_shape):
+                if geom.transposed:
+                    o = xi * s + t * d - p
+                else:
+                    num = xi + p - t * d
+                    o = num // s if num >= 0 and num % s == 0 else -1
+                out.append(o if 0 <= o < n else None)
+            if None not in out:
+                pairs.add((row, k, (b, *out)))
+    return pairs
+
+
+def pairs_of(kmap: KernelMap, out: CoordSet) -> set[tuple]:
+    coords = [tuple(c) for c in out.coords.tolist()]
+    o, k = (kmap.nbr >= 0).nonzero(as_tuple=True)
+    return {(int(kmap.nbr[oi, ki]), int(ki), coords[oi]) for oi, ki in zip(o.tolist(), k.tolist())}
+
+
+def mask_oracle(nbr: torch.Tensor) -> torch.Tensor:
+    mask = torch.zeros(nbr.shape[0], dtype=torch.int64)
+    for k in range(nbr.shape[1]):
+        mask |= (nbr[:, k].cpu() >= 0).long() << min(k, 62)
+    return mask
+
+
+def reverse_oracle(nbr: torch.Tensor, num_in: int) -> torch.Tensor:
+    """``nbr_T[nbr[o, k], k] = o`` by indexing."""
+    o, k = (nbr >= 0).nonzero(as_tuple=True)
+    rev = torch.full((num_in, nbr.shape[1]), -1, dtype=torch.int32, device=nbr.device)
+    rev[nbr[o, k].long(), k] = o.to(torch.int32)
+    return rev
+
+
+def both_builders(src: CoordSet, geom: ConvGeometry, out_shape, out: CoordSet | None = None, kind: str = "conv"):
+    km_t, out_t = build_kernel_map(src, geom, out_shape, out, kind, builder="torch")
+    km_x, out_x = build_kernel_map(src, geom, out_shape, out, kind, builder="triton")
+    return km_t, out_t, km_x, out_x
+
+
+def check_same(km_t: KernelMap, out_t: CoordSet, km_x: KernelMap, out_x: CoordSet) -> None:
+    """Identical output sites (in the same order), tables, flags and layouts."""
+    assert torch.equal(out_x.coords, out_t.coords)
+    assert out_x.spatial_shape == out_t.spatial_shape and out_x.batch_size == out_t.batch_size
+    assert torch.equal(km_x.nbr, km_t.nbr)
+    assert (km_x.num_in, km_x.kernel_size, km_x.stride, km_x.kind, km_x.symmetric) == \
+        (km_t.num_in, km_t.kernel_size, km_t.stride, km_t.kind, km_t.symmetric)
+    assert torch.equal(km_x.mask.cpu(), mask_oracle(km_t.nbr))
+    assert torch.equal(km_x.sorted_order.long(), torch.argsort(km_x.mask, stable=True))
+    assert torch.equal(km_x.reversed().nbr, reverse_oracle(km_t.nbr, km_t.num_in))
+    assert torch.equal(km_t.reversed().nbr, km_x.reversed().nbr)
+
+
+def check_own_table(out: CoordSet) -> None:
+    """A discovered output set carries its table: its sites map to their rows."""
+    table = out.cache[CACHE_KEY]
+    rows = table.lookup(pack(out.coords, key_radix(out.spatial_shape, out.batch_size)))
+    assert torch.equal(rows.cpu(), torch.arange(out.num_points))
+
+
+@pytest.mark.parametrize("kernel,dilation", [(1, 1), (3, 1), (3, 2), ((3, 1, 3), (1, 1, 2)), ((1, 3, 5), 1)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_submanifold_equals_torch_and_oracle(kernel, dilation, batch: int) -> None:
+    geom = submanifold_geometry(_t(kernel), _t(dilation))
+    src = random_set(250, (7, 5, 9), batch)
+    km_t, out_t, km_x, out_x = both_builders(src, geom, src.spatial_shape, src, "subm")
+    assert out_x is src and km_x.symmetric
+    check_same(km_t, out_t, km_x, out_x)
+    sites = {tuple(c) for c in src.coords.tolist()}
+    assert pairs_of(km_x, src) == {p for p in brute_force_pairs(src, geom, src.spatial_shape) if p[2] in sites}
+    assert CACHE_KEY in src.cache
+
+
+@pytest.mark.parametrize("geom,batch", _strided_cases(transposed=False))
+def test_strided_conv_equals_torch_and_oracle(geom: ConvGeometry, batch: int) -> None:
+    src = random_set(200, (9, 7, 8), batch)
+    out_shape = geom.output_shape(src.spatial_shape)
+    km_t, out_t, km_x, out_x = both_builders(src, geom, out_shape)
+    check_same(km_t, out_t, km_x, out_x)
+    pairs = brute_force_pairs(src, geom, out_shape)
+    assert pairs_of(km_x, out_x) == pairs
+    assert {p[2] for p in pairs} == {tuple(c) for c in out_x.coords.tolist()}
+    check_own_table(out_x)
+
+
+@pytest.mark.parametrize("geom,batch", _strided_cases(transposed=True))
+def test_transposed_conv_equals_torch_and_oracle(geom: ConvGeometry, batch: int) -> None:
+    src = random_set(50, (5, 4, 6), batch)
+    out_shape = geom.output_shape(src.spatial_shape)
+    km_t, out_t, km_x, out_x = both_builders(src, geom, out_shape, kind="transposed")
+    check_same(km_t, out_t, km_x, out_x)
+    assert pairs_of(km_x, out_x) == brute_force_pairs(src, geom, out_shape)
+    check_own_table(out_x)
+
+
+def test_generative_conv_equals_torch() -> None:
+    geom = ConvGeometry((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), transposed=True)
+    src = random_set(40, (6, 6, 6), 2)
+    check_same(*both_builders(src, geom, src.spatial_shape, kind="generative"))
+
+
+@pytest.mark.parametrize("geom", [ConvGeometry((3, 3, 3), (2, 2, 2), (1, 1, 1)),
+                                  ConvGeometry((2, 2, 2), (2, 2, 2)),
+                                  ConvGeometry((3, 1, 3), (2, 1, 3), (1, 0, 1), (2, 1, 1)),
+                                  ConvGeometry((3, 3, 3), (2, 2, 2), (1, 1, 1), transposed=True),
+                                  ConvGeometry((2, 3, 2), (2, 1, 2), (0, 1, 0), (1, 2, 1), transposed=True)])
+def test_given_outputs_in_any_order_equal_torch(geom: ConvGeometry) -> None:
+    """Outputs given (some unreached, in random order): both builders fill the same rows."""
+    src = random_set(40 if geom.transposed else 120, (8, 6, 7), 3)
+    out_shape = geom.output_shape(src.spatial_shape)
+    reached = build_kernel_map(src, geom, out_shape, builder="torch")[1].coords
+    extra = random_coords(30, out_shape, 3)
+    out = shuffled_set(torch.cat([reached.cpu()[torch.rand(reached.shape[0]) < 0.7], extra]), out_shape, 3)
+    km_t, out_t, km_x, out_x = both_builders(src, geom, out_shape, out)
+    assert out_t is out and out_x is out
+    check_same(km_t, out_t, km_x, out_x)
+    given = {tuple(c) for c in out.coords.tolist()}
+    assert pairs_of(km_x, out) == {p for p in brute_force_pairs(src, geom, out_shape) if p[2] in given}
+
+
+def test_given_outputs_outside_the_output_grid_get_no_inputs() -> None:
+    geom = ConvGeometry((3, 3, 3), (2, 2, 2), (1, 1, 1))
+    src = random_set(150, (8, 8, 8), 1)
+    out_shape = geom.output_shape(src.spatial_shape)
+    out = shuffled_set(random_coords(100, (6, 6, 6), 1), (6, 6, 6), 1)  # a larger grid than out_shape
+    km, _ = build_kernel_map(src, geom, out_shape, out, builder="triton")
+    outside = (out.coords[:, 1:] >= torch.tensor(out_shape, device=DEV)).any(1)
+    assert bool(outside.any()) and bool((km.nbr[outside] == -1).all())
+    inside = {tuple(c) for c in out.coords[~outside].tolist()}
+    assert pairs_of(km, out) == {p for p in brute_force_pairs(src, geom, out_shape) if p[2] in inside}
+
+
+def test_floor_downsampled_outputs_like_spatially_sparse_conv() -> None:
+    """Outputs = unique floor(coords / 2) given to a centred 3x3x3 conv of stride 2."""
+    src = random_set(150, (10, 9, 8), 2)
+    half = src.coords.clone()
+    half[:, 1:] //= 2
+    shape = (5, 5, 4)
+    out = shuffled_set(half, shape, 2)
+    geom = ConvGeometry((3, 3, 3), (2, 2, 2), (1, 1, 1))
+    check_same(*both_builders(src, geom, shape, out))
+
+
+def test_tables_are_built_once_and_reused() -> None:
+    src = random_set(80, (6, 7, 5), 2)
+    build_kernel_map(src, submanifold_geometry((3, 3, 3), (1, 1, 1)), src.spatial_shape, src, "subm",
+                     builder="triton")
+    table = src.cache[CACHE_KEY]
+    geom = ConvGeometry((2, 2, 2), (2, 2, 2))
+    out_shape = geom.output_shape(src.spatial_shape)
+    _, down = build_kernel_map(src, geom, out_shape, builder="triton")
+    assert src.cache[CACHE_KEY] is table  # the strided map queried the same table
+    down_table = down.cache[CACHE_KEY]
+    km_x, _ = build_kernel_map(down, submanifold_geometry((3, 3, 3), (1, 1, 1)), out_shape, down, "subm",
+                               builder="triton")
+    assert down.cache[CACHE_KEY] is down_table  # the next layer reused the table the strided build made
+    km_t, _ = build_kernel_map(down, submanifold_geometry((3, 3, 3), (1, 1, 1)), out_shape, down, "subm",
+                               builder="torch")
+    assert torch.equal(km_x.nbr, km_t.nbr)
+
+
+def test_empty_inputs_and_outputs() -> None:
+    empty = CoordSet(torch.zeros((0, 4), dtype=torch.int32, device=DEV), (4, 4, 4), 2)
+    geom = ConvGeometry((3, 3, 3), (2, 2, 2), (1, 1, 1))
+    km, out = build_kernel_map(empty, geom, geom.output_shape((4, 4, 4)), builder="triton")
+    assert km.nbr.shape == (0, 27) and out.num_points == 0 and out.coords.shape == (0, 4)
+    given = random_set(5, (2, 2, 2), 2)
+    km, _ = build_kernel_map(empty, geom, (2, 2, 2), given, builder="triton")
+    assert km.nbr.shape == (given.num_points, 27) and bool((km.nbr == -1).all())
+    km, _ = build_kernel_map(empty, submanifold_geometry((3, 3, 3), (1, 1, 1)), (4, 4, 4), empty, "subm",
+                             builder="triton")
+    assert km.nbr.shape == (0, 27) and km.reversed().nbr.shape == (0, 27) and km.sorted_order.numel() == 0
+
+
+@pytest.mark.parametrize("shape,batch", [((1 << 20, 1 << 20, 1 << 20), 4), ((1 << 17, 1 << 17, 1 << 17), 1024)])
+def test_largest_key_spaces_equal_torch(shape: tuple[int, int, int], batch: int) -> None:
+    corner = [batch - 1, *(s - 1 for s in shape)]
+    base = torch.tensor([[0, 0, 0, 0], corner, [batch - 1, shape[0] - 2, shape[1] - 1, shape[2] - 2],
+                         [batch // 2, shape[0] // 2, 1, shape[2] // 3]], dtype=torch.int32)
+    near = (base[:, None, :] + torch.tensor([[0, 0, 0, 0], [0, -1, 0, 0], [0, 0, 1, 1], [0, 1, -1, 0]])).view(-1, 4)
+    hi = torch.tensor([batch - 1, *(s - 1 for s in shape)])
+    near = torch.unique(torch.minimum(near.clamp(min=0), hi), dim=0)
+    src = shuffled_set(near.int(), shape, batch)
+    check_same(*both_builders(src, submanifold_geometry((3, 3, 3), (1, 1, 1)), shape, src, "subm"))
+    geom = ConvGeometry((3, 3, 3), (2, 2, 2), (1, 1, 1))
+    check_same(*both_builders(src, geom, geom.output_shape(shape)))
+
+
+def test_key_space_past_two_to_the_62_is_a_clear_error() -> None:
+    src = CoordSet(torch.zeros((3, 4), dtype=torch.int32, device=DEV), (1 << 20, 1 << 20, 1 << 20), 1024)
+    with pytest.raises(ValueError, match=r"2\*\*62"):
+        build_kernel_map(src, submanifold_geometry((3, 3, 3), (1, 1, 1)), src.spatial_shape, src, "subm",
+                         builder="triton")
+    with pytest.raises(ValueError, match=r"2\*\*62"):
+        build_kernel_map(src, ConvGeometry((2, 2, 2), (2, 2, 2)), (1 << 19,) * 3, builder="triton")
+
+
+def test_unknown_builder_is_a_clear_error() -> None:
+    src = random_set(5, (3, 3, 3), 1)
+    with pytest.raises(ValueError, match="builder must be"):
+        build_kernel_map(src, ConvGeometry((2, 2, 2)), (2, 2, 2), builder="cuda")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kernel", [(3, 3, 3), (5, 5, 5), (1, 1, 1)])
+def test_layouts_row_mask_reverse_sorted_and_pairs(kernel: tuple[int, int, int]) -> None:
+    """The Triton layout kernels and the lazily built layouts against direct computations."""
+    src = random_set(60, (6, 5, 6), 2)
+    geom = ConvGeometry(kernel, (2, 2, 2), tuple(k // 2 for k in kernel))  # type: ignore[arg-type]
+    km, out = build_kernel_map(src, geom, geom.output_shape(src.spatial_shape), builder="torch")
+    assert torch.equal(row_mask(km.nbr).cpu(), mask_oracle(km.nbr))
+    assert torch.equal(km.mask.cpu(), mask_oracle(km.nbr))
+    expected = torch.full((src.num_points, km.kernel_volume), -1, dtype=torch.int32)
+    nbr = km.nbr.cpu()
+    for o, k in (nbr >= 0).nonzero().tolist():
+        expected[nbr[o, k], k] = o
+    assert torch.equal(reverse_table(km.nbr, src.num_points).cpu(), expected)
+    assert torch.equal(km.reversed().nbr.cpu(), expected)
+    order = km.sorted_order.long()
+    assert torch.equal(order, torch.argsort(km.mask, stable=True))
+    assert torch.equal(km.sorted_nbr, km.nbr[order])
+    p = km.pairs
+    assert p.counts == tuple((km.nbr >= 0).sum(0).tolist()) and int(p.bounds[-1]) == sum(p.counts)
+    assert bool((km.nbr[p.out_idx, p.offset_of_pair] == p.in_idx).all())
+    assert bool((p.offset_of_pair[1:] >= p.offset_of_pair[:-1]).all())
+
+
+# ----------------------------------------------------------------------------------------------- GPU, real scale
+
+def scan_coords(voxel: float, batch: int = 1) -> CoordSet:
+    """The bundled scan voxelized at ``voxel`` metres (copies shifted by a fraction of a voxel per batch)."""
+    pc = torch.from_numpy(np.load(SCAN)["pc"]).cuda()
+    parts = []
+    for b in range(batch):
+        xyz = pc + b * voxel / 3
+        grid = torch.floor((xyz - pc.min(0).values) / voxel).int()
+        grid = torch.unique(grid, dim=0)
+        parts.append(torch.cat([torch.full_like(grid[:, :1], b), grid], 1))
+    coords = torch.cat(parts)
+    shape = tuple(int(v) + 1 for v in coords[:, 1:].max(0).values.tolist())
+    return CoordSet(coords.contiguous(), shape, batch)  # type: ignore[arg-type]
+
+
+def fresh(cs: CoordSet) -> CoordSet:
+    return CoordSet(cs.coords.clone(), cs.spatial_shape, cs.batch_size)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("voxel,batch", [(0.1, 1), (0.05, 1), (0.1, 3)])
+def test_scan_maps_equal_torch_on_gpu(voxel: float, batch: int) -> None:
+    src = scan_coords(voxel, batch)
+    subm = submanifold_geometry((3, 3, 3), (1, 1, 1))
+    check_same(*both_builders(src, subm, src.spatial_shape, src, "subm"))
+    for geom in [ConvGeometry((2, 2, 2), (2, 2, 2)), ConvGeometry((3, 3, 3), (2, 2, 2), (1, 1, 1))]:
+        out_shape = geom.output_shape(src.spatial_shape)
+        km_t, out_t, km_x, out_x = both_builders(src, geom, out_shape)
+        check_same(km_t, out_t, km_x, out_x)
+        check_own_table(out_x)
+        assert torch.equal(km_x.pairs.in_idx, km_t.pairs.in_idx) and km_x.pairs.counts == km_t.pairs.counts
+        given = CoordSet(out_t.coords[torch.randperm(out_t.num_points, device="cuda")], out_shape, batch)
+        check_same(*both_builders(src, geom, out_shape, given))
+        up = ConvGeometry(geom.kernel_size, geom.stride, geom.padding, transposed=True)
+        check_same(*both_builders(out_x, up, src.spatial_shape, src, "inverse"))
+        up_shape = up.output_shape(out_shape)
+        check_same(*both_builders(out_x, up, up_shape, kind="transposed"))
+
+
+@pytest.mark.gpu
+@gpu
+def test_submanifold_build_never_syncs_and_strided_syncs_once() -> None:
+    src = scan_coords(0.1)
+    subm = submanifold_geometry((3, 3, 3), (1, 1, 1))
+    down = ConvGeometry((3, 3, 3), (2, 2, 2), (1, 1, 1))
+    out_shape = down.output_shape(src.spatial_shape)
+    for _ in range(2):  # compile first: the checks below see steady-state calls only
+        f = fresh(src)
+        build_kernel_map(f, subm, f.spatial_shape, f, "subm")[0].sorted_order
+        build_kernel_map(f, down, out_shape)[0].reversed()
+    a = fresh(src)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        km, _ = build_kernel_map(a, subm, a.spatial_shape, a, "subm")  # hash table + map + masks
+        km.sorted_order, km.sorted_nbr, km.reversed()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    b = fresh(src)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            km2, out = build_kernel_map(b, down, out_shape)
+            km2.sorted_order, km2.reversed()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) == 1, [str(w.message) for w in syncs]
+    assert km.num_out == src.num_points and out.num_points == km2.num_out

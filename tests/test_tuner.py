@@ -1,0 +1,313 @@
+"""The tuner: candidate selection on a fake registry, correctness checks, budget, pruning, reuse, hot path."""
+import logging
+import threading
+
+import pytest
+import torch
+
+from helpers_tuner import Fake, cache_dir, operands, random_map, truth, use_registry  # noqa: F401
+from warpsparse.algorithms.base import CONV_OPS, DEPTHWISE_OPS, Op, Signature
+from warpsparse.algorithms.explicit import ExplicitDepthwise, ExplicitGemm
+from warpsparse.tuner import collect_calls, dispatch, dispatcher, pretune, reset, save_tuning_cache, store
+from warpsparse.tuner.key import density_bucket, entry_key, half_octave, hot_key
+
+pytestmark = pytest.mark.usefixtures("cache_dir")
+
+
+def _entry():
+    """The single entry of the cache file after saving."""
+    assert save_tuning_cache()
+    entries = store.read_document(store.cache_file()).entries
+    assert len(entries) == 1
+    return entries[0]
+
+
+def _status(entry):
+    return {c.algorithm: (c.status, c.error) for c in entry.candidates}
+
+
+def test_fastest_correct_wins_wrong_crashing_mutating_partial_rejected(monkeypatch):
+    ref = Fake("explicit_gemm", cost_ms=12)
+    good = Fake("implicit_gemm", cost_ms=3)
+    slow = Fake("slow_correct", cost_ms=25)
+    wrong = Fake("fast_wrong", cost_ms=0, behaviour="wrong")
+    crash = Fake("crashing", cost_ms=0, behaviour="raise")
+    mutate = Fake("mutating", cost_ms=0, behaviour="mutate")
+    partial = Fake("partial", cost_ms=0, behaviour="partial")
+    use_registry(monkeypatch, ref, wrong, crash, mutate, partial, slow, good)
+    kmap = random_map()
+    a, b = operands(Op.CONV_FWD, kmap)
+    a0, b0 = a.clone(), b.clone()
+    out = dispatch(Op.CONV_FWD, a, b, kmap)
+    assert torch.equal(a, a0) and torch.equal(b, b0), "tuning must leave the caller's inputs intact"
+    torch.testing.assert_close(out, truth(Op.CONV_FWD, a, b, kmap))
+    entry = _entry()
+    assert entry.winner.algorithm == "implicit_gemm"
+    status = _status(entry)
+    assert status["fast_wrong"][0] == "failed" and "wrong result" in status["fast_wrong"][1]
+    assert status["crashing"] == ("failed", "RuntimeError: out of resources: shared memory")
+    assert status["mutating"] == ("failed", "modified its inputs")
+    assert status["partial"][0] == "failed"
+    assert status["slow_correct"][0] == status["explicit_gemm"][0] == "ok"
+    times = {c.algorithm: c.median_ms for c in entry.candidates if c.status == "ok"}
+    assert times["implicit_gemm"] < times["explicit_gemm"] < times["slow_correct"]
+    # the hit: only the winner runs, once
+    before = {f.name: len(f.calls) for f in (ref, good, slow, wrong, crash)}
+    out2 = dispatch(Op.CONV_FWD, a, b, kmap)
+    torch.testing.assert_close(out2, out)
+    after = {f.name: len(f.calls) for f in (ref, good, slow, wrong, crash)}
+    assert after == {**before, "implicit_gemm": before["implicit_gemm"] + 1}
+
+
+def test_parameter_points_are_tuned_and_the_fastest_point_wins(monkeypatch):
+    fake = Fake("explicit_gemm", cost_ms=lambda p: {1: 15, 2: 2, 3: 8}[p["tile"]], space={"tile": (1, 2, 3)})
+    use_registry(monkeypatch, fake)
+    kmap = random_map()
+    for op in (Op.CONV_FWD, Op.CONV_DGRAD, Op.CONV_WGRAD):
+        a, b = operands(op, kmap)
+        torch.testing.assert_close(dispatch(op, a, b, kmap, "explicit_gemm"), truth(op, a, b, kmap))
+    assert save_tuning_cache()
+    entries = store.read_document(store.cache_file()).entries
+    assert sorted(e.key.signature.op for e in entries) == ["conv_dgrad", "conv_fwd", "conv_wgrad"]
+    for e in entries:
+        assert e.winner.params == {"tile": 2}
+        assert {c.params["tile"] for c in e.candidates if c.status == "ok"} == {1, 2, 3}
+
+
+def test_estimate_cost_prunes_hopeless_points(monkeypatch):
+    fake = Fake("explicit_gemm", cost_ms=1, space={"tile": (1, 2, 3)},
+                estimate=lambda p: {1: 1.0, 2: 1.5, 3: 100.0}[p["tile"]])
+    use_registry(monkeypatch, fake)
+    kmap = random_map()
+    a, b = operands(Op.CONV_FWD, kmap)
+    dispatch(Op.CONV_FWD, a, b, kmap)
+    assert {"tile": 3} not in fake.calls
+    status = {c.params["tile"]: c.status for c in _entry().candidates}
+    assert status == {1: "ok", 2: "ok", 3: "pruned"}
+
+
+def test_budget_bounds_the_search_and_is_validated(monkeypatch):
+    fake = Fake("explicit_gemm", cost_ms=30, space={"tile": tuple(range(8))})
+    use_registry(monkeypatch, fake)
+    monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "50")
+    kmap = random_map()
+    a, b = operands(Op.CONV_FWD, kmap)
+    dispatch(Op.CONV_FWD, a, b, kmap)
+    status = [c.status for c in _entry().candidates]
+    assert status.count("ok") >= 1 and status.count("skipped") >= 4
+    assert len({tuple(sorted(c.items())) for c in fake.calls}) < 8
+    for bad in ("abc", "0", "-5", "nan"):
+        monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", bad)
+        reset(save=False)
+        with pytest.raises(ValueError, match=f"WARPCONVNET_TUNE_BUDGET_MS='{bad}'"):
+            dispatch(Op.CONV_FWD, *operands(Op.CONV_FWD, kmap, c_in=7), kmap)  # a new signature
+
+
+def test_everything_failing_falls_back_to_the_reference(monkeypatch, caplog):
+    ref = Fake("explicit_gemm", behaviour="correct")
+    use_registry(monkeypatch, ref, Fake("implicit_gemm", behaviour="raise"),
+                 Fake("cupy_implicit_gemm", behaviour="wrong"))
+    kmap = random_map()
+    a, b = operands(Op.CONV_DGRAD, kmap)
+    with caplog.at_level(logging.WARNING, logger="warpsparse.tuner"):
+        out = dispatch(Op.CONV_DGRAD, a, b, kmap, ["implicit_gemm", "cupy_implicit_gemm"])
+    torch.testing.assert_close(out, truth(Op.CONV_DGRAD, a, b, kmap))
+    assert "every candidate failed" in caplog.text
+    assert _entry().winner is None
+
+
+def test_failing_reference_does_not_crash_the_call(monkeypatch, caplog):
+    use_registry(monkeypatch, Fake("explicit_gemm", behaviour="raise"), Fake("implicit_gemm", cost_ms=1))
+    kmap = random_map()
+    a, b = operands(Op.CONV_FWD, kmap)
+    with caplog.at_level(logging.WARNING, logger="warpsparse.tuner"):
+        out = dispatch(Op.CONV_FWD, a, b, kmap)
+    torch.testing.assert_close(out, truth(Op.CONV_FWD, a, b, kmap))
+    assert "reference explicit_gemm failed" in caplog.text
+    reset(save=False)
+    use_registry(monkeypatch, Fake("explicit_gemm", behaviour="raise"), Fake("implicit_gemm", behaviour="raise"))
+    with pytest.raises(RuntimeError, match="out of resources"):  # nothing can compute it: the real error
+        dispatch(Op.CONV_FWD, a, b, random_map())
+
+
+def test_named_algorithm_that_cannot_run_is_a_clear_error(monkeypatch):
+    use_registry(monkeypatch, ExplicitGemm(), Fake("implicit_gemm", not_for="needs a CUDA device"))
+    kmap = random_map()
+    a, b = operands(Op.CONV_FWD, kmap)
+    with pytest.raises(ValueError, match=r"fwd_algo: \[implicit_gemm\] cannot run conv_fwd.*needs a CUDA device"):
+        dispatch(Op.CONV_FWD, a, b, kmap, "implicit_gemm")
+    with pytest.raises(ValueError, match="cupy_implicit_gemm: not available in this installation"):
+        dispatch(Op.CONV_FWD, a, b, kmap, "cupy_implicit_gemm")
+    with pytest.raises(ValueError, match="cupy_implicit_gemm: not available.*; implicit_gemm: needs a CUDA device"):
+        dispatch(Op.CONV_FWD, a, b, kmap, ["implicit_gemm", "cupy_implicit_gemm"])
+    monkeypatch.setenv("WARPCONVNET_BWD_ALGO_MODE", "cupy_implicit_gemm")
+    g, w = operands(Op.CONV_DGRAD, kmap)
+    with pytest.raises(ValueError, match="WARPCONVNET_BWD_ALGO_MODE='cupy_implicit_gemm'"):
+        dispatch(Op.CONV_DGRAD, g, w, kmap)
+
+
+def test_list_skips_members_that_cannot_run_and_logs_once(monkeypatch, caplog):
+    use_registry(monkeypatch, ExplicitGemm(), Fake("implicit_gemm", not_for="dtype not supported"))
+    kmap = random_map()
+    with caplog.at_level(logging.INFO, logger="warpsparse.tuner"):
+        for _ in range(2):
+            a, b = operands(Op.CONV_FWD, kmap)
+            out = dispatch(Op.CONV_FWD, a, b, kmap, ["implicit_gemm", "explicit_gemm", "cupy_implicit_gemm"])
+            torch.testing.assert_close(out, truth(Op.CONV_FWD, a, b, kmap))
+    skips = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
+    assert sorted(skips) == ["skipping cupy_implicit_gemm for conv_fwd: not available in this installation "
+                             "(not registered: its backend is missing)",
+                             "skipping implicit_gemm for conv_fwd: dtype not supported"]
+    assert any(r.getMessage().startswith("tuned conv_fwd") and "winner explicit_gemm" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_mode_aware_reuse(monkeypatch):
+    ref = Fake("explicit_gemm", cost_ms=12)
+    mid = Fake("implicit_gemm", cost_ms=6)
+    fast = Fake("cupy_implicit_gemm", cost_ms=1)
+    use_registry(monkeypatch, ref, mid, fast)
+    kmap = random_map()
+    a, b = operands(Op.CONV_FWD, kmap)
+    dispatch(Op.CONV_FWD, a, b, kmap, ["explicit_gemm", "implicit_gemm"])
+    assert not fast.calls
+    first = {c.algorithm: c.median_ms for c in _entry().candidates}
+    assert set(first) == {"explicit_gemm", "implicit_gemm"}
+
+    reset()  # a new process: nothing in memory, the file remains
+    counts = (len(ref.calls), len(mid.calls))
+    out = dispatch(Op.CONV_FWD, a, b, kmap)  # AUTO after a narrower run: only the missing one is timed
+    torch.testing.assert_close(out, truth(Op.CONV_FWD, a, b, kmap))
+    assert len(mid.calls) == counts[1], "implicit_gemm was timed already"
+    assert len(ref.calls) == counts[0] + 1, "the reference runs once, to check the new candidate"
+    entry = _entry()
+    assert entry.winner.algorithm == "cupy_implicit_gemm"
+    assert {c.algorithm: c.median_ms for c in entry.candidates}["implicit_gemm"] == first["implicit_gemm"]
+
+    reset()
+    calls = [len(f.calls) for f in (ref, mid, fast)]
+    dispatch(Op.CONV_FWD, a, b, kmap, "implicit_gemm")  # pinned to timed algorithms: no timing at all
+    assert [len(f.calls) for f in (ref, mid, fast)] == [calls[0], calls[1] + 1, calls[2]]
+    dispatch(Op.CONV_FWD, a, b, kmap, ["explicit_gemm", "implicit_gemm"])
+    assert [len(f.calls) for f in (ref, mid, fast)] == [calls[0], calls[1] + 2, calls[2]]
+
+
+def test_cache_hit_does_no_file_io_and_no_tuning(monkeypatch):
+    use_registry(monkeypatch, ExplicitGemm())
+    kmap = random_map()
+    a, b = operands(Op.CONV_FWD, kmap)
+    dispatch(Op.CONV_FWD, a, b, kmap)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a cache hit must not tune or touch the cache file")
+
+    monkeypatch.setattr(dispatcher, "choose", forbidden)
+    monkeypatch.setattr(store, "load_document", forbidden)
+    monkeypatch.setattr(store.TuningStore, "results", forbidden)
+    monkeypatch.setattr("builtins.open", forbidden)
+    for _ in range(3):
+        a2, b2 = operands(Op.CONV_FWD, kmap)
+        torch.testing.assert_close(dispatch(Op.CONV_FWD, a2, b2, kmap), truth(Op.CONV_FWD, a2, b2, kmap))
+
+
+def test_signatures_in_one_bucket_share_a_decision_others_do_not():
+    kmap = random_map(n=200, extent=9)
+    a, b = operands(Op.CONV_FWD, kmap, 8, 16)
+    key = hot_key(Op.CONV_FWD, a, b, kmap)
+    assert key == hot_key(Op.CONV_FWD, torch.randn_like(a), torch.randn_like(b), kmap)
+    assert key != hot_key(Op.CONV_FWD, *operands(Op.CONV_FWD, kmap, 8, 17), kmap)
+    assert key != hot_key(Op.CONV_FWD, a.double(), b.double(), kmap)
+    assert key != hot_key(Op.CONV_DGRAD, *operands(Op.CONV_DGRAD, kmap, 8, 16), kmap)
+    sig = Signature.of(Op.CONV_FWD, a, b, kmap)
+    ek = entry_key(sig, kmap, a.device)
+    assert ek.signature.n_in_bucket == half_octave(kmap.num_in) and ek.signature.kind == "subm"
+    assert ek.signature.density_bucket == density_bucket(kmap.num_pairs, kmap.num_out)
+    assert ek.device.type == "cpu" and ek.versions.torch == torch.__version__
+    assert len(ek.ident) == 12 and ek.ident == entry_key(sig, kmap, a.device).ident
+    for n in (1, 2, 3, 5, 90, 1000, 12345):
+        lo, hi = 2 ** (half_octave(n) / 2), 2 ** ((half_octave(n) + 1) / 2)
+        assert lo <= n < hi
+
+
+@pytest.mark.parametrize("op", list(Op))
+def test_real_explicit_algorithms_tune_every_op(monkeypatch, op):
+    use_registry(monkeypatch, ExplicitGemm(), ExplicitDepthwise())
+    monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "inf")
+    kmap = random_map(subm=False, kernel=2, stride=2, n=120, extent=8)
+    for dtype in (torch.float32, torch.float64):
+        a, b = operands(op, kmap, dtype=dtype)
+        out = dispatch(op, a, b, kmap)
+        torch.testing.assert_close(out, truth(op, a, b, kmap))
+    assert save_tuning_cache()
+    entries = store.read_document(store.cache_file()).entries
+    assert len(entries) == 2
+    space = 4 if op in CONV_OPS else 2
+    for e in entries:
+        assert e.key.signature.op == op.value and e.key.signature.kind == "conv"
+        assert len(e.candidates) == space and all(c.status == "ok" for c in e.candidates)
+        assert e.winner.median_ms == min(c.median_ms for c in e.candidates)
+
+
+def test_empty_maps_are_not_tuned(monkeypatch):
+    fake = Fake("explicit_gemm")
+    use_registry(monkeypatch, fake)
+    kmap = random_map(n=0)
+    a, b = operands(Op.CONV_FWD, kmap)
+    assert dispatch(Op.CONV_FWD, a, b, kmap).shape == (0, 5)
+    assert len(fake.calls) == 1
+    assert not store.cache_file().exists() or save_tuning_cache()
+
+
+def test_collect_then_pretune_with_progress(monkeypatch, capsys):
+    use_registry(monkeypatch, ExplicitGemm(), Fake("implicit_gemm", cost_ms=0.5))
+    kmaps = [random_map(n=n) for n in (30, 120)]
+    with collect_calls() as calls:
+        for kmap in kmaps:
+            for op in CONV_OPS:
+                a, b = operands(op, kmap)
+                torch.testing.assert_close(dispatch(op, a, b, kmap), truth(op, a, b, kmap))
+    assert len(calls) == 6 and not store.cache_file().exists()
+    choices = pretune(calls, progress=True)
+    assert len(choices) == 6 and "tuning" in capsys.readouterr().err
+    assert save_tuning_cache()
+    assert len(store.read_document(store.cache_file()).entries) == 6
+    monkeypatch.setattr(dispatcher, "choose", lambda *a, **k: pytest.fail("pretuned calls must hit"))
+    for kmap in kmaps:
+        for op in CONV_OPS:
+            dispatch(op, *operands(op, kmap), kmap)
+
+
+def test_concurrent_threads_tune_a_signature_once(monkeypatch):
+    fake = Fake("explicit_gemm", cost_ms=2)
+    use_registry(monkeypatch, fake)
+    kmap = random_map()
+    a, b = operands(Op.CONV_FWD, kmap)
+    expected = truth(Op.CONV_FWD, a, b, kmap)
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(dispatch(Op.CONV_FWD, a, b, kmap))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 4
+    for r in results:
+        torch.testing.assert_close(r, expected)
+    assert [c.status for c in _entry().candidates] == ["ok"]
+
+
+def test_depthwise_uses_its_own_reference_and_names(monkeypatch):
+    ref = Fake("explicit", ops=DEPTHWISE_OPS, cost_ms=5)
+    fast = Fake("implicit", ops=DEPTHWISE_OPS, cost_ms=0.5)
+    use_registry(monkeypatch, ExplicitGemm(), ref, fast)
+    kmap = random_map()
+    monkeypatch.setenv("WARPCONVNET_DEPTHWISE_CONV_BWD_ALGO_MODE", "[implicit_gemm, explicit]")
+    a, b = operands(Op.DW_WGRAD, kmap)
+    torch.testing.assert_close(dispatch(Op.DW_WGRAD, a, b, kmap), truth(Op.DW_WGRAD, a, b, kmap))
+    assert _entry().winner.algorithm == "implicit"

@@ -1,0 +1,167 @@
+"""Triton kernels of the implicit-GEMM convolution.
+
+Propagation (forward, and input gradient over the reversed map with the weight transposed through its
+strides) is output stationary: a program owns ``BLOCK_M`` rows of the result and ``BLOCK_N`` of its channels,
+gathers source rows through the neighbour table and accumulates in fp32; every result row is stored once.
+The weight gradient reduces over pairs (per-offset chunks of the pair list) or over output rows (the packed
+form for few input channels) and leaves partial sums in a workspace or adds them atomically.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def mac(acc, a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """``acc + a @ b`` in fp32: tensor cores through ``tl.dot``, or FMA for tiles narrower than 16."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if USE_DOT:
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    else:
+        acc += tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
+    return acc
+
+
+@triton.jit
+def store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, SORTED: tl.constexpr):
+    """Store ``acc`` into result rows ``rows`` (through ``order`` when the table rows are mask-sorted)."""
+    if SORTED:
+        dst = tl.load(order_ptr + rows, mask=row_ok, other=0)
+    else:
+        dst = rows
+    ptrs = y_ptr + dst.to(tl.int64)[:, None] * stride_y + cols[None, :]
+    tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def propagate_gather_kernel(
+        x_ptr, w_ptr, y_ptr, sources_ptr, order_ptr, count_ptr, active_ptr,
+        n_rows, c_red, c_n, kvol, stride_x, stride_wk, stride_wr, stride_wn, stride_y,
+        SORTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """``y[o] = sum_k x[nbr[o, k]] @ w[k]`` looping over the offsets the row block uses (their source rows
+    laid out per block), ``BLOCK_K`` channels at a time."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    lanes = tl.arange(0, BLOCK_M)
+    rows = pid_m * BLOCK_M + lanes
+    row_ok = rows < n_rows
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < c_n
+    ck = tl.arange(0, BLOCK_K)
+    chunks = tl.cdiv(c_red, BLOCK_K)
+    steps = tl.load(count_ptr + pid_m) * chunks
+    block = pid_m.to(tl.int64) * kvol
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for step in range(steps):
+        j = step // chunks
+        c = (step - j * chunks) * BLOCK_K + ck
+        c_ok = c < c_red
+        k = tl.load(active_ptr + block + j)
+        src = tl.load(sources_ptr + (block + j) * BLOCK_M + lanes)
+        a = tl.load(x_ptr + src.to(tl.int64)[:, None] * stride_x + c[None, :],
+                    mask=(src >= 0)[:, None] & c_ok[None, :], other=0.0)
+        b = tl.load(w_ptr + k * stride_wk + c[:, None] * stride_wr + cols[None, :] * stride_wn,
+                    mask=c_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = mac(acc, a, b, USE_DOT, PRECISION, UPCAST)
+    store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, SORTED)
+
+
+@triton.jit
+def propagate_packed_kernel(
+        x_ptr, w_ptr, y_ptr, nbr_ptr, n_rows, c_red, c_n, kvol, stride_x, stride_wk, stride_wr, stride_wn,
+        stride_y, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """The same product with offsets and channels packed into one reduction index ``r = k * c_red + c``, so
+    a few source channels do not leave most of each tile empty."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < c_n
+    red = kvol * c_red
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for r0 in range(0, red, BLOCK_K):
+        r = r0 + tl.arange(0, BLOCK_K)
+        r_ok = r < red
+        k = r // c_red
+        c = r - k * c_red
+        src = tl.load(nbr_ptr + rows[:, None] * kvol + k[None, :], mask=row_ok[:, None] & r_ok[None, :],
+                      other=-1)
+        a = tl.load(x_ptr + src.to(tl.int64) * stride_x + c[None, :], mask=src >= 0, other=0.0)
+        b = tl.load(w_ptr + k[:, None] * stride_wk + c[:, None] * stride_wr + cols[None, :] * stride_wn,
+                    mask=r_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = mac(acc, a, b, USE_DOT, PRECISION, UPCAST)
+    store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, y_ptr, stride_y, False)
+
+
+@triton.jit
+def wgrad_pairs_kernel(
+        x_ptr, dy_ptr, out_ptr, in_idx_ptr, out_idx_ptr, start_ptr, stop_ptr, offset_ptr,
+        c_in, c_out, stride_x, stride_dy,
+        ATOMIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """Chunk ``c`` of offset ``k``: ``sum_p x[in_p]^T dy[out_p]`` over its pairs, a ``BLOCK_M x BLOCK_N`` tile
+    of ``dW[k]``; into ``out[c]`` (workspace) or atomically into ``out[k]``."""
+    chunk = tl.program_id(0)
+    ci = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    co = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ci_ok = ci < c_in
+    co_ok = co < c_out
+    start = tl.load(start_ptr + chunk)
+    stop = tl.load(stop_ptr + chunk)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for p0 in range(start, stop, BLOCK_K):
+        p = p0 + tl.arange(0, BLOCK_K)
+        p_ok = p < stop
+        i = tl.load(in_idx_ptr + p, mask=p_ok, other=0).to(tl.int64)
+        o = tl.load(out_idx_ptr + p, mask=p_ok, other=0).to(tl.int64)
+        xt = tl.load(x_ptr + i[None, :] * stride_x + ci[:, None], mask=p_ok[None, :] & ci_ok[:, None], other=0.0)
+        g = tl.load(dy_ptr + o[:, None] * stride_dy + co[None, :], mask=p_ok[:, None] & co_ok[None, :], other=0.0)
+        acc = mac(acc, xt, g, USE_DOT, PRECISION, UPCAST)
+    tile = c_in * c_out
+    within = ci[:, None] * c_out + co[None, :]
+    ok = ci_ok[:, None] & co_ok[None, :]
+    if ATOMIC:
+        k = tl.load(offset_ptr + chunk)
+        tl.atomic_add(out_ptr + k * tile + within, acc, mask=ok)
+    else:
+        tl.store(out_ptr + chunk.to(tl.int64) * tile + within, acc, mask=ok)
+
+
+@triton.jit
+def wgrad_packed_kernel(
+        x_ptr, dy_ptr, out_ptr, nbr_ptr, n_rows, rows_per_split, c_in, c_out, kvol, stride_x, stride_dy,
+        ATOMIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """``dW`` viewed as ``[K * c_in, c_out]``: rows ``j = k * c_in + c`` reduce ``x[nbr[o, k], c] dy[o]`` over
+    the output rows of split ``s``; into ``out[s]`` (workspace) or atomically into ``out``."""
+    j = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    co = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    split = tl.program_id(2)
+    j_ok = j < kvol * c_in
+    co_ok = co < c_out
+    k = j // c_in
+    ci = j - k * c_in
+    lo = split * rows_per_split
+    hi = tl.minimum(lo + rows_per_split, n_rows)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for r0 in range(lo, hi, BLOCK_K):
+        r = r0 + tl.arange(0, BLOCK_K)
+        r_ok = r < hi
+        src = tl.load(nbr_ptr + r[None, :] * kvol + k[:, None], mask=r_ok[None, :] & j_ok[:, None], other=-1)
+        xt = tl.load(x_ptr + src.to(tl.int64) * stride_x + ci[:, None], mask=src >= 0, other=0.0)
+        g = tl.load(dy_ptr + r.to(tl.int64)[:, None] * stride_dy + co[None, :], mask=r_ok[:, None] & co_ok[None, :],
+                    other=0.0)
+        acc = mac(acc, xt, g, USE_DOT, PRECISION, UPCAST)
+    tile = kvol * c_in * c_out
+    within = j[:, None] * c_out + co[None, :]
+    ok = j_ok[:, None] & co_ok[None, :]
+    if ATOMIC:
+        tl.atomic_add(out_ptr + within, acc, mask=ok)
+    else:
+        tl.store(out_ptr + split.to(tl.int64) * tile + within, acc, mask=ok)

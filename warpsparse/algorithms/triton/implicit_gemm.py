@@ -1,0 +1,300 @@
+"""`implicit_gemm`: Triton implicit-GEMM convolution (forward, input gradient, weight gradient)."""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+
+from warpsparse.algorithms.base import CONV_OPS, Algorithm, Op, ParamSpace, Params, Signature
+from warpsparse.algorithms.triton import conv_kernels as K
+from warpsparse.algorithms.triton.common import (cdiv, channel_tiles, chunk_lengths, device_limits,
+                                                 dot_precision, explicit_space, pow2_at_least, rows, unsupported,
+                                                 upcast_dots)
+from warpsparse.algorithms.triton.layouts import block_offsets, pair_chunks, pair_indices, split_bounds
+from warpsparse.algorithms.triton.reduction import segment_sum
+from warpsparse.coords.kernel_map import KernelMap
+
+# the packed forms pay off while the reduction channels leave most of a 32-wide tile empty
+PACKED_BELOW = 32
+# deterministic weight-gradient workspaces larger than this are not worth their memory
+WORKSPACE_LIMIT = 256 << 20
+
+
+def _warps(block_m: int, block_n: int) -> int:
+    return 8 if block_m * block_n >= 128 * 128 else 4
+
+
+def _fits(sig: Signature, block_m: int, block_n: int, block_k: int, stages: int) -> bool:
+    """Tiles of one pipeline stage fit shared memory, and FMA tiles (under 16 wide) stay in registers."""
+    size = sig.dtype.itemsize
+    if min(block_m, block_n, block_k) < 16 and block_m * block_n * block_k > 64 * 16 * 16:
+        return False
+    return stages * (block_m + block_n) * block_k * size <= device_limits(sig.device_type)[1]
+
+
+def _propagate_dims(sig: Signature) -> tuple[int, int, int]:
+    """(reduction channels, result channels, result rows) of a forward or input-gradient call."""
+    if sig.op == Op.CONV_FWD:
+        return sig.c_in, sig.c_out, sig.n_out
+    return sig.c_out, sig.c_in, sig.n_in
+
+
+def _row_tiles(sig: Signature, c_n: int) -> list[tuple[int, int]]:
+    """(BLOCK_M, BLOCK_N) of the propagation: 64 or 128 rows times the result channels or half of them
+    (256 wide only for 16-bit types, whose accumulators fit)."""
+    return [(m, n) for n in channel_tiles(c_n, 256 if sig.dtype.itemsize == 2 else 128) for m in (64, 128)]
+
+
+def _propagate_default(sig: Signature) -> dict[str, Any]:
+    """The untuned point; on an H100 (LiDAR scan, 16 to 256 channels) it was the best or within 10% of it."""
+    c_red, c_n, _ = _propagate_dims(sig)
+    block_n = channel_tiles(c_n, 128 if sig.dtype.itemsize == 2 else 64)[-1]
+    block_m = 128 if block_n * sig.dtype.itemsize <= 128 else 64
+    packed = c_red < 16
+    block_k = 32 if packed else channel_tiles(c_red, 64)[-1]
+    return {"mode": "packed" if packed else "gather", "sorted": not packed, "BLOCK_M": block_m,
+            "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": _warps(block_m, block_n), "num_stages": 2}
+
+
+def _propagate_points(sig: Signature) -> Iterator[dict[str, Any]]:
+    c_red, c_n, _ = _propagate_dims(sig)
+    default = _propagate_default(sig)
+    if default["mode"] == "gather":
+        yield {**default, "sorted": False}  # rows in key order: better locality, worse offset skipping
+    for block_m, block_n in _row_tiles(sig, c_n):
+        for stages in (2, 3):
+            point = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": _warps(block_m, block_n),
+                     "num_stages": stages}
+            if c_red >= 16:
+                for block_k in channel_tiles(c_red, 64) if block_n >= 16 else (16,):
+                    if _fits(sig, block_m, block_n, block_k, stages):
+                        yield {"mode": "gather", "sorted": True, **point, "BLOCK_K": block_k}
+            if c_red < PACKED_BELOW:
+                for block_k in (16, 32):
+                    if _fits(sig, block_m, block_n, block_k, stages):
+                        yield {"mode": "packed", "sorted": False, **point, "BLOCK_K": block_k}
+
+
+def _reduction_tiles(c: int) -> tuple[int, ...]:
+    """Tile widths along a channel dimension of the weight gradient."""
+    full = pow2_at_least(c)
+    if full >= 128:
+        return (64, 128)
+    return tuple(sorted({full, max(16, full // 2)}))
+
+
+def _wgrad_tiles(sig: Signature) -> list[tuple[int, int]]:
+    """(BLOCK_M, BLOCK_N) over (c_in, c_out) of the weight gradient; 128 x 256 for wide 16-bit layers."""
+    tiles = [(m, n) for m in _reduction_tiles(sig.c_in) for n in _reduction_tiles(sig.c_out)]
+    if sig.dtype.itemsize == 2 and sig.c_in >= 128 and sig.c_out >= 256:
+        tiles.append((128, 256))
+    return tiles
+
+
+def _wgrad_default(sig: Signature) -> dict[str, Any]:
+    """The untuned point: deterministic, wide tiles, the chunking that won on an H100 for the dtype."""
+    packed = sig.c_in < 16
+    block_k = 64 if sig.dtype.itemsize == 2 else 32
+    if packed:
+        block_m, block_n = 64, _reduction_tiles(sig.c_out)[-1]
+    else:
+        block_m, block_n = max(_wgrad_tiles(sig), key=lambda t: (t[0] * t[1], t[1]))
+        if sig.dtype.itemsize == 2 and 64 < sig.c_in <= 128:
+            block_m = 64  # 64 x 128 beat 128 x 128 at 128 channels
+    rows = sig.kernel_volume * sig.c_in if packed else sig.c_in
+    tiles = cdiv(rows, block_m) * cdiv(sig.c_out, block_n)
+    sms = device_limits(sig.device_type)[0]
+    chunks = chunk_lengths(sig.n_out if packed else sig.num_pairs, tiles, block_k, sms)
+    chunk = chunks[0] if sig.dtype.itemsize == 2 else chunks[-1]  # fp32's slower tiles like shorter chunks
+    return {"mode": "packed" if packed else "pairs", "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
+            "num_warps": _warps(block_m, block_n), "num_stages": 2, "chunk": chunk, "deterministic": True}
+
+
+def _wgrad_points(sig: Signature) -> Iterator[dict[str, Any]]:
+    sms = device_limits(sig.device_type)[0]
+    modes = {"deterministic": (True, False) if not torch.are_deterministic_algorithms_enabled() else (True,)}
+    block_k = 64 if sig.dtype.itemsize == 2 else 32
+    for block_m, block_n in _wgrad_tiles(sig):
+        count = cdiv(sig.c_in, block_m) * cdiv(sig.c_out, block_n)
+        for chunk in chunk_lengths(sig.num_pairs, count, block_k, sms):
+            workspace = (sig.num_pairs // chunk + sig.kernel_volume) * sig.c_in * sig.c_out * 4
+            for deterministic in modes["deterministic"]:
+                if (deterministic and workspace > WORKSPACE_LIMIT) or not _fits(sig, block_m, block_n, block_k, 2):
+                    continue
+                yield {"mode": "pairs", "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
+                       "num_warps": _warps(block_m, block_n), "num_stages": 2, "chunk": chunk,
+                       "deterministic": deterministic}
+    if sig.c_in < PACKED_BELOW:
+        packed_rows = sig.kernel_volume * sig.c_in
+        for block_n in _reduction_tiles(sig.c_out):
+            for block_m in (64, 128) if packed_rows > 64 else (64,):
+                count = cdiv(packed_rows, block_m) * cdiv(sig.c_out, block_n)
+                for chunk in chunk_lengths(sig.n_out, count, block_k, sms):
+                    for deterministic in modes["deterministic"]:
+                        if _fits(sig, block_m, block_n, block_k, 2):
+                            yield {"mode": "packed", "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
+                                   "num_warps": _warps(block_m, block_n), "num_stages": 2, "chunk": chunk,
+                                   "deterministic": deterministic}
+
+
+# Rough rates of an H100-class GPU; the estimate only orders (and prunes) points relative to each other.
+_MAC_RATE = {"half": 4e14, "tf32": 2e14, "ieee": 3e13}  # multiply-adds per second
+_L2_RATE = 6e12  # bytes per second from L2 into the multiprocessors
+_DRAM_RATE = 3e12
+# pairs over (row, offset) products computed when blocks skip offsets none of their rows use, measured on
+# a LiDAR scan at 0.1 m with 64-row blocks (mask-sorted rows, rows in key order)
+_FILL = {True: 0.5, False: 0.25}
+
+
+def _pad(n: int, tile: int) -> int:
+    return cdiv(n, tile) * tile
+
+
+def estimate_seconds(sig: Signature, p: Params) -> float:
+    """A roofline-style time estimate of one point: tile products at the tensor-core (or FMA) rate plus
+    operand traffic at L2 rate, stretched when too few programs share the multiprocessors."""
+    size = sig.dtype.itemsize
+    rate = _MAC_RATE["half" if size == 2 else ("tf32" if sig.tf32 else "ieee")]
+    sms = device_limits(sig.device_type)[0]
+    block_m, block_n, block_k, kvol = p["BLOCK_M"], p["BLOCK_N"], p["BLOCK_K"], sig.kernel_volume
+    extra = 0.0
+    if sig.op == Op.CONV_WGRAD:
+        packed = p["mode"] == "packed"
+        rows, work = (kvol * sig.c_in, sig.n_out) if packed else (sig.c_in, sig.num_pairs)
+        tiles = cdiv(rows, block_m) * cdiv(sig.c_out, block_n)
+        chunks = cdiv(work, p["chunk"]) + (0 if packed else kvol)
+        macs = work * _pad(rows, block_m) * _pad(sig.c_out, block_n)
+        loads = work * (rows * cdiv(sig.c_out, block_n) + sig.c_out * cdiv(rows, block_m)) * size
+        programs = chunks * tiles
+        if p["deterministic"]:  # the workspace round trip and the reduction's launch
+            extra = 2 * chunks * rows * sig.c_out * 4 / _DRAM_RATE + 1e-5
+    else:
+        c_red, c_n, n_rows = _propagate_dims(sig)
+        col_tiles = cdiv(c_n, block_n)
+        programs = cdiv(n_rows, block_m) * col_tiles
+        if p["mode"] == "packed":
+            macs = n_rows * _pad(kvol * c_red, block_k) * _pad(c_n, block_n)
+            weight_reads = programs * kvol * c_red * block_n
+        else:
+            products = sig.num_pairs / _FILL[bool(p["sorted"])]
+            macs = products * _pad(c_red, block_k) * _pad(c_n, block_n)
+            weight_reads = products / block_m * c_red * c_n
+        loads = (sig.num_pairs * c_red * col_tiles + weight_reads) * size
+    fill = min(1.0, programs / (4 * sms))  # a few programs per multiprocessor hide the gathers' latency
+    return (macs / rate + loads / _L2_RATE) / fill + extra
+
+
+def propagate(src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, params: Params) -> torch.Tensor:
+    """``y[o] = sum_k src[kmap.nbr[o, k]] @ weight[k]`` (``weight`` [K, c_red, c_n], any strides)."""
+    src = rows(src)
+    n_rows, kvol = kmap.nbr.shape
+    c_red, c_n = weight.shape[1], weight.shape[2]
+    y = torch.empty(n_rows, c_n, dtype=src.dtype, device=src.device)
+    if n_rows == 0 or c_n == 0:
+        return y
+    if src.shape[0] == 0 or c_red == 0:
+        return y.zero_()
+    block_m, block_n, block_k = params["BLOCK_M"], params["BLOCK_N"], params["BLOCK_K"]
+    grid = (cdiv(n_rows, block_m), cdiv(c_n, block_n))
+    common = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, USE_DOT=min(block_n, block_k) >= 16,
+                  PRECISION=dot_precision(src), UPCAST=upcast_dots(src), num_warps=params["num_warps"],
+                  num_stages=params["num_stages"])
+    strides = (src.stride(0), weight.stride(0), weight.stride(1), weight.stride(2), y.stride(0))
+    if params["mode"] == "packed":
+        K.propagate_packed_kernel[grid](src, weight, y, kmap.nbr.contiguous(), n_rows, c_red, c_n, kvol, *strides,
+                                        **common)
+    else:
+        lay = block_offsets(kmap, params["sorted"], block_m)
+        order = lay.order if lay.order is not None else lay.count
+        K.propagate_gather_kernel[grid](src, weight, y, lay.sources, order, lay.count, lay.active, n_rows, c_red,
+                                        c_n, kvol, *strides, SORTED=lay.order is not None, **common)
+    return y
+
+
+def weight_grad(x: torch.Tensor, dy: torch.Tensor, kmap: KernelMap, params: Params) -> torch.Tensor:
+    """``dW[k] = x[in_k]^T dy[out_k]`` over the pairs of every offset ``k``."""
+    x, dy = rows(x), rows(dy)
+    kvol, c_in, c_out = kmap.kernel_volume, x.shape[1], dy.shape[1]
+    shape = (kvol, c_in, c_out)
+    if kmap.num_pairs == 0 or c_in == 0 or c_out == 0:
+        return torch.zeros(shape, dtype=x.dtype, device=x.device)
+    atomic = not params["deterministic"] and not torch.are_deterministic_algorithms_enabled()
+    block_m, block_n, block_k, chunk = params["BLOCK_M"], params["BLOCK_N"], params["BLOCK_K"], params["chunk"]
+    common = dict(ATOMIC=atomic, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                  USE_DOT=min(block_m, block_n, block_k) >= 16, PRECISION=dot_precision(x), UPCAST=upcast_dots(x),
+                  num_warps=params["num_warps"], num_stages=params["num_stages"])
+    if params["mode"] == "packed":
+        splits = cdiv(kmap.num_out, chunk)
+        groups = 1
+        partial_shape: tuple[int, ...] = (splits, kvol * c_in * c_out)
+        bounds = split_bounds(kmap, splits)
+    else:
+        chunks = pair_chunks(kmap, chunk)
+        groups = kvol
+        partial_shape = (chunks.num_chunks, c_in * c_out)
+        bounds = chunks.bounds
+    if atomic:
+        target = torch.zeros(shape, dtype=torch.float32, device=x.device)
+    else:
+        target = torch.empty(partial_shape, dtype=torch.float32, device=x.device)
+    if params["mode"] == "packed":
+        grid = (cdiv(kvol * c_in, block_m), cdiv(c_out, block_n), splits)
+        K.wgrad_packed_kernel[grid](x, dy, target, kmap.nbr.contiguous(), kmap.num_out, chunk, c_in, c_out, kvol,
+                                    x.stride(0), dy.stride(0), **common)
+    else:
+        grid = (chunks.num_chunks, cdiv(c_in, block_m), cdiv(c_out, block_n))
+        K.wgrad_pairs_kernel[grid](x, dy, target, *pair_indices(kmap), chunks.start, chunks.stop,
+                                   chunks.offset, c_in, c_out, x.stride(0), dy.stride(0), **common)
+    if atomic:
+        return target.to(x.dtype)
+    result = torch.empty(shape, dtype=x.dtype, device=x.device)
+    return segment_sum(target, bounds, result.view(groups, -1)).view(shape)
+
+
+class TritonImplicitGemm(Algorithm):
+    """Implicit-GEMM convolution in Triton: gathered tiles on the tensor cores, fp32 accumulation."""
+
+    name = "implicit_gemm"
+    ops = CONV_OPS
+
+    def applies_to(self, sig: Signature) -> str | None:
+        return super().applies_to(sig) or unsupported(sig, K.propagate_gather_kernel)
+
+    def param_space(self, sig: Signature) -> ParamSpace:
+        points = _wgrad_points(sig) if sig.op == Op.CONV_WGRAD else _propagate_points(sig)
+        return explicit_space(points)
+
+    def default_params(self, sig: Signature) -> dict[str, Any]:
+        default = _wgrad_default(sig) if sig.op == Op.CONV_WGRAD else _propagate_default(sig)
+        points = list(self.param_space(sig).points())
+        return default if default in points else points[0]
+
+    def estimate_cost(self, sig: Signature, params: Params) -> float | None:
+        return estimate_seconds(sig, params)
+
+    def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+        if op == Op.CONV_FWD:
+            _check(a, b, kmap.num_in, "features", kmap)
+            return propagate(a, b, kmap, params)
+        if op == Op.CONV_DGRAD:
+            weight_t = b.transpose(1, 2)
+            _check(a, weight_t, kmap.num_out, "grad_out", kmap)
+            if b.dtype == torch.float32:  # fp32 tiles read W^T fastest row-major: the copy is tiny
+                weight_t = weight_t.contiguous()
+            return propagate(a, weight_t, kmap.reversed(), params)
+        if op == Op.CONV_WGRAD:
+            if a.shape[0] != kmap.num_in or b.shape[0] != kmap.num_out or a.dtype != b.dtype:
+                raise ValueError(f"{self.name} wgrad: features {tuple(a.shape)} {a.dtype} and grad_out "
+                                 f"{tuple(b.shape)} {b.dtype} do not match the map ({kmap.num_in} -> "
+                                 f"{kmap.num_out} sites) or each other")
+            return weight_grad(a, b, kmap, params)
+        raise ValueError(f"{self.name} does not implement {op.value}")
+
+
+def _check(src: torch.Tensor, weight: torch.Tensor, n_src: int, src_name: str, kmap: KernelMap) -> None:
+    """``ValueError`` unless ``src`` [n_src, C] and ``weight`` [K, C, *] fit the map and share a dtype."""
+    if src.dim() != 2 or src.shape[0] != n_src or weight.dim() != 3 or weight.shape[0] != kmap.kernel_volume \
+            or weight.shape[1] != src.shape[1] or weight.dtype != src.dtype:
+        raise ValueError(f"implicit_gemm: {src_name} {tuple(src.shape)} {src.dtype} and weight "
+                         f"{tuple(weight.shape)} {weight.dtype} do not fit a map of {n_src} source rows and "
+                         f"kernel volume {kmap.kernel_volume}")

@@ -1,0 +1,232 @@
+"""A GPU hash table of int64 keys in Triton: open addressing, linear probing, atomic compare-and-swap inserts.
+
+Slots are ``[capacity, 2]`` int64 rows ``(key, value)``; a free slot holds the key :data:`EMPTY`. Keys are
+non-negative (coordinates packed by :func:`warpsparse.coords.keys.pack`, batch-major mixed radix over the real
+grid, so the only limit is batch x grid <= 2**62). A key's home slot is the top ``log2(capacity)`` bits of
+``key * 0x9E3779B97F4A7C15`` (Fibonacci hashing); capacity is a power of two and the load never exceeds
+:data:`MAX_LOAD`, so every probe sequence meets a free slot.
+
+The jitted helpers (:func:`pack_key`, :func:`insert_keys`, :func:`find_keys`) are shared with the kernel-map
+kernels of :mod:`warpsparse.coords.triton_maps`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from warpsparse.coords.coord_set import CoordSet
+from warpsparse.coords.keys import key_radix
+
+EMPTY = -1
+MAX_LOAD = 0.5
+COORD_LOAD = 0.125  # coordinate tables are queried K times per site: short probes are worth 128-256 B a site
+MIN_CAPACITY = 16
+HASH_MULTIPLIER = 0x9E3779B97F4A7C15
+CACHE_KEY = "hash"
+
+_MUL = tl.constexpr(HASH_MULTIPLIER)
+_EMPTY = tl.constexpr(EMPTY)
+_NEVER = tl.constexpr(-2)  # a compare value no slot ever holds: turns a lane's CAS into a no-op
+INTERPRETER_LANES = 1 << 14  # the interpreter pays per program, not per lane: few, wide programs there
+
+
+@triton.jit
+def pack_key(b, x0, x1, x2, s0, s1, s2):
+    """Batch-major mixed-radix int64 key of in-range coordinates (the same as ``keys.pack``)."""
+    return ((b.to(tl.int64) * s0 + x0) * s1 + x1) * s2 + x2
+
+
+@triton.jit
+def home_slot(key, shift):
+    """Fibonacci hashing: the top ``64 - shift`` bits of ``key * HASH_MULTIPLIER``."""
+    h = key.to(tl.uint64, bitcast=True) * _MUL
+    return (h >> shift.to(tl.uint64)).to(tl.int64)
+
+
+@triton.jit
+def insert_keys(slots_ptr, key, todo, shift, hmask):
+    """Insert ``key`` where ``todo``; returns each lane's slot and whether this lane placed the key."""
+    slot = home_slot(key, shift)
+    placed = tl.zeros_like(todo)
+    while tl.max(todo.to(tl.int32)) > 0:
+        prev = tl.atomic_cas(slots_ptr + 2 * slot, tl.where(todo, _EMPTY, _NEVER).to(tl.int64),
+                             tl.where(todo, key, _NEVER).to(tl.int64), sem="relaxed")
+        placed = placed | (todo & (prev == _EMPTY))
+        todo = todo & (prev != _EMPTY) & (prev != key)
+        slot = tl.where(todo, (slot + 1) & hmask, slot)
+    return slot, placed
+
+
+@triton.jit
+def find_keys(slots_ptr, key, todo, shift, hmask):
+    """The value stored under ``key`` where ``todo`` (int64, ``-1`` when absent or not asked)."""
+    slot = home_slot(key, shift)
+    value = tl.zeros_like(key) - 1
+    while tl.max(todo.to(tl.int32)) > 0:
+        stored = tl.load(slots_ptr + 2 * slot, mask=todo, other=_EMPTY)
+        stored_value = tl.load(slots_ptr + 2 * slot + 1, mask=todo, other=-1)  # with the key: one round trip
+        hit = todo & (stored == key)
+        value = tl.where(hit, stored_value, value)
+        todo = todo & (stored != key) & (stored != _EMPTY)
+        slot = (slot + 1) & hmask
+    return value
+
+
+@triton.jit
+def _insert_kernel(slots_ptr, src_ptr, n, shift, hmask, s0, s1, s2, FROM_COORDS: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """Insert row ``r`` of ``src`` (keys, or [N, 4] coordinates packed with radix ``s``) with value ``r``."""
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = rows < n
+    if FROM_COORDS:
+        b = tl.load(src_ptr + 4 * rows, mask=live, other=0)
+        x0 = tl.load(src_ptr + 4 * rows + 1, mask=live, other=0)
+        x1 = tl.load(src_ptr + 4 * rows + 2, mask=live, other=0)
+        x2 = tl.load(src_ptr + 4 * rows + 3, mask=live, other=0)
+        key = pack_key(b, x0, x1, x2, s0, s1, s2)
+    else:
+        key = tl.load(src_ptr + rows, mask=live, other=0)
+    slot, placed = insert_keys(slots_ptr, key, live, shift, hmask)
+    tl.store(slots_ptr + 2 * slot + 1, rows.to(tl.int64), mask=placed)
+
+
+@triton.jit
+def _lookup_kernel(slots_ptr, keys_ptr, out_ptr, n, shift, hmask, BLOCK: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = rows < n
+    key = tl.load(keys_ptr + rows, mask=live, other=0)
+    tl.store(out_ptr + rows, find_keys(slots_ptr, key, live, shift, hmask), mask=live)
+
+
+def table_capacity(num_keys: int, max_load: float = MAX_LOAD) -> int:
+    """The power-of-two capacity (at least :data:`MIN_CAPACITY`) that holds ``num_keys`` at load <= ``max_load``."""
+    if not 0 < max_load <= MAX_LOAD:
+        raise ValueError(f"max_load must be in (0, {MAX_LOAD}], got {max_load}")
+    if num_keys < 0:
+        raise ValueError(f"num_keys must be >= 0, got {num_keys}")
+    cap = MIN_CAPACITY
+    while cap * max_load < num_keys:
+        cap *= 2
+    return cap
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a kernel is launched on CUDA: lanes (work items) per program and warps per program.
+
+    Probing is latency-bound and a program waits for its slowest lane, so many narrow programs win there.
+    """
+
+    lanes: int
+    warps: int
+
+    def lanes_on(self, device: torch.device) -> int:
+        """Lanes per program on ``device`` (:data:`INTERPRETER_LANES` at least under the interpreter)."""
+        return self.lanes if device.type == "cuda" else max(self.lanes, INTERPRETER_LANES)
+
+
+INSERT = Launch(256, 4)  # table inserts and lookups
+
+
+def require_runnable(device: torch.device) -> None:
+    """``ValueError`` unless Triton kernels can run on ``device`` (CUDA, or CPU under ``TRITON_INTERPRET=1``)."""
+    if device.type == "cuda":
+        return
+    if device.type == "cpu" and type(_insert_kernel).__name__ == "InterpretedFunction":
+        return
+    raise ValueError(f"the Triton hash table and map builder run on CUDA tensors (or on CPU tensors when "
+                     f"TRITON_INTERPRET=1 is set before warpsparse is imported), got device {device}")
+
+
+@dataclass(eq=False)
+class HashTable:
+    """An open-addressing table of non-negative int64 keys to int64 values on one device.
+
+    ``slots`` is ``[capacity, 2]`` int64 (key, value); ``reserved`` is the host-side upper bound on keys that
+    may have been inserted, which keeps the load <= :data:`MAX_LOAD` without reading the device.
+    """
+
+    slots: torch.Tensor
+    reserved: int = 0
+
+    def __post_init__(self) -> None:
+        require_runnable(self.slots.device)
+        cap = self.slots.shape[0] if self.slots.dim() == 2 else 0
+        if (self.slots.dtype != torch.int64 or self.slots.dim() != 2 or self.slots.shape[1] != 2
+                or cap < MIN_CAPACITY or cap & (cap - 1)):
+            raise ValueError(f"slots must be an int64 [capacity, 2] tensor with a power-of-two capacity >= "
+                             f"{MIN_CAPACITY}, got {self.slots.dtype} {tuple(self.slots.shape)}")
+
+    @classmethod
+    def allocate(cls, max_keys: int, device: torch.device | str, max_load: float = MAX_LOAD) -> "HashTable":
+        """An empty table sized for ``max_keys`` keys at load <= ``max_load``."""
+        cap = table_capacity(max_keys, max_load)
+        return cls(torch.full((cap, 2), EMPTY, dtype=torch.int64, device=device))
+
+    @property
+    def capacity(self) -> int:
+        return self.slots.shape[0]
+
+    @property
+    def probe_args(self) -> tuple[int, int]:
+        """``(shift, capacity - 1)``: what the jitted helpers take to find home slots and wrap probes."""
+        return 64 - (self.capacity.bit_length() - 1), self.capacity - 1
+
+    def reserve(self, num_keys: int) -> None:
+        """Account for up to ``num_keys`` more keys; ``ValueError`` when the load could pass :data:`MAX_LOAD`."""
+        if self.reserved + num_keys > self.capacity * MAX_LOAD:
+            raise ValueError(f"a hash table of capacity {self.capacity} holding up to {self.reserved} keys has no "
+                             f"room for {num_keys} more at load <= {MAX_LOAD}; allocate a larger table")
+        self.reserved += num_keys
+
+    def insert(self, keys: torch.Tensor) -> None:
+        """Insert ``keys`` (int64, >= 0) with their positions as values; a key already present keeps its value."""
+        _check_keys(keys, self.slots.device)
+        if keys.numel() and bool((keys < 0).any()):
+            raise ValueError("keys must be non-negative (negative values are reserved for free slots)")
+        self.reserve(keys.numel())
+        if keys.numel():
+            block = INSERT.lanes_on(keys.device)
+            _insert_kernel[(triton.cdiv(keys.numel(), block),)](self.slots, keys.contiguous(), keys.numel(),
+                                                                 *self.probe_args, 1, 1, 1, FROM_COORDS=False,
+                                                                 BLOCK=block, num_warps=INSERT.warps)
+
+    def lookup(self, keys: torch.Tensor) -> torch.Tensor:
+        """Values stored under ``keys`` (int64, same shape), ``-1`` where a key is absent."""
+        _check_keys(keys, self.slots.device)
+        out = torch.empty(keys.shape, dtype=torch.int64, device=keys.device)
+        if keys.numel():
+            block = INSERT.lanes_on(keys.device)
+            _lookup_kernel[(triton.cdiv(keys.numel(), block),)](self.slots, keys.contiguous(), out, keys.numel(),
+                                                                 *self.probe_args, BLOCK=block, num_warps=INSERT.warps)
+        return out
+
+
+def _check_keys(keys: torch.Tensor, device: torch.device) -> None:
+    if not isinstance(keys, torch.Tensor) or keys.dtype != torch.int64:
+        raise TypeError(f"keys must be an int64 tensor, got {getattr(keys, 'dtype', type(keys).__name__)}")
+    if keys.device != device:
+        raise ValueError(f"keys are on {keys.device} but the table on {device}")
+
+
+def coord_table(coord_set: CoordSet) -> HashTable:
+    """The table of ``coord_set``'s sites (key -> row), built on first use and kept in ``coord_set.cache``.
+
+    Keys are packed with the set's own radix (``spatial_shape``, ``batch_size``); no device sync.
+    """
+    table = coord_set.cache.get(CACHE_KEY)
+    if table is None:
+        s0, s1, s2 = key_radix(coord_set.spatial_shape, coord_set.batch_size)
+        n = coord_set.num_points
+        table = HashTable.allocate(n, coord_set.device, COORD_LOAD)
+        table.reserve(n)
+        if n:
+            block = INSERT.lanes_on(coord_set.device)
+            _insert_kernel[(triton.cdiv(n, block),)](table.slots, coord_set.coords.contiguous(), n,
+                                                     *table.probe_args, s0, s1, s2, FROM_COORDS=True, BLOCK=block,
+                                                     num_warps=INSERT.warps)
+        coord_set.cache[CACHE_KEY] = table
+    return table

@@ -1,0 +1,296 @@
+"""Kernel-map construction in Triton on the coordinate hash tables of :mod:`warpsparse.coords.triton_hash`.
+
+Every map is filled output-driven: for each output site and kernel offset the one input position it reads is
+computed and looked up in the input set's table (``nbr`` and the row bitmask in one pass, no device sync).
+Without given outputs they are found first: every (input, offset) pair that can reach an output inserts the
+output's key into a fresh table (deduplicating); the keys placed first are compacted into a buffer sized by
+an upper bound and padded with a key above every real one, sorted and numbered in key order (so the outputs
+come out batch-major sorted like the PyTorch builder's), and only then counted: the one host read. That
+table then belongs to the output set, for the next layer to query.
+
+Along an axis, a regular conv links input ``i`` and output ``o`` through kernel position ``t`` by
+``i = o*s + t*d - p`` and a transposed conv by ``o = i*s + t*d - p``: going from the side that is multiplied
+("multiply") is a product, going the other way ("divide") needs ``s`` to divide the difference.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from warpsparse.coords.coord_set import CoordSet
+from warpsparse.coords.geometry import ConvGeometry, Triple
+from warpsparse.coords.keys import key_radix
+from warpsparse.coords.triton_hash import (CACHE_KEY, HashTable, Launch, coord_table, find_keys, insert_keys,
+                                           pack_key, require_runnable)
+
+MAP = Launch(512, 4)  # lanes = output rows x padded offsets per program of the map and row-mask kernels
+DISCOVER = Launch(256, 4)  # (input, kernel position) lanes per program of the output discovery
+ROWS = Launch(1024, 4)  # plain per-element kernels: numbering outputs, reversing maps
+_MAX_LANES = 2**31 - 1
+
+
+@triton.jit
+def _relate(x, t, S: tl.constexpr, D: tl.constexpr, P: tl.constexpr, lim, MULTIPLY: tl.constexpr):
+    """The coordinate linked to ``x`` through kernel position ``t`` along one axis, and whether it is in
+    ``[0, lim)`` (``MULTIPLY``: ``x*S + t*D - P``; else ``(x + P - t*D) / S`` when that divides)."""
+    if MULTIPLY:
+        y = x * S + t * D - P
+        ok = (y >= 0) & (y < lim)
+    else:
+        num = x + P - t * D
+        ok = (num >= 0) & (num % S == 0)
+        y = tl.where(ok, num, 0) // S
+        ok = ok & (y < lim)
+    return y, ok
+
+
+@triton.jit
+def _kernel_position(x, j, K: tl.constexpr, S: tl.constexpr, D: tl.constexpr, P: tl.constexpr,
+                     M: tl.constexpr, MULTIPLY: tl.constexpr):
+    """The ``j``-th kernel position along one axis that can link ``x`` (``>= K`` when there is none).
+
+    Dividing, only positions ``t`` with ``S | x + P - t*D`` count; they are one residue ``r`` modulo
+    ``M = S / gcd(S, D)``, found by trying ``t < M``.
+    """
+    if MULTIPLY:
+        t = j
+    else:
+        r = tl.zeros_like(x) + K
+        for c in tl.static_range(M):
+            r = tl.where((x + P - c * D) % S == 0, c, r)
+        t = r + j * M
+    return t
+
+
+@triton.jit
+def _row_bits(found, k, KV: tl.constexpr):
+    """Per row of ``found`` [R, KP], the int64 mask of offsets present (bit 62 stands for every offset >= 62)."""
+    one = tl.full(found.shape, 1, tl.int64)
+    low = tl.where(found & (k < 62)[None, :], one << tl.where(k < 62, k, 0).to(tl.int64)[None, :], 0)
+    bits = tl.sum(low, axis=1)
+    if KV > 62:
+        high = tl.max(tl.where(found & (k >= 62)[None, :], 1, 0), axis=1)
+        bits = bits | (high.to(tl.int64) << 62)
+    return bits
+
+
+@triton.jit
+def _map_kernel(nbr_ptr, mask_ptr, out_ptr, n_out, slots_ptr, shift, hmask, in0, in1, in2,
+                lim0, lim1, lim2, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
+                S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
+                D2: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, MULTIPLY: tl.constexpr,
+                ROWS: tl.constexpr, KP: tl.constexpr):
+    """``nbr[o, k]`` = the input row at the position output ``o`` reads through offset ``k``, and row masks."""
+    KV: tl.constexpr = K0 * K1 * K2
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    live = rows < n_out
+    b = tl.load(out_ptr + 4 * rows, mask=live, other=0)
+    o0 = tl.load(out_ptr + 4 * rows + 1, mask=live, other=0)
+    o1 = tl.load(out_ptr + 4 * rows + 2, mask=live, other=0)
+    o2 = tl.load(out_ptr + 4 * rows + 3, mask=live, other=0)
+    inside = live & (o0 < lim0) & (o1 < lim1) & (o2 < lim2)
+    k = tl.arange(0, KP)
+    x0, ok0 = _relate(o0[:, None], (k // (K1 * K2))[None, :], S0, D0, P0, in0, MULTIPLY)
+    x1, ok1 = _relate(o1[:, None], ((k // K2) % K1)[None, :], S1, D1, P1, in1, MULTIPLY)
+    x2, ok2 = _relate(o2[:, None], (k % K2)[None, :], S2, D2, P2, in2, MULTIPLY)
+    valid = inside[:, None] & (k < KV)[None, :] & ok0 & ok1 & ok2
+    src = find_keys(slots_ptr, pack_key(b[:, None], x0, x1, x2, in0, in1, in2), valid, shift, hmask)
+    dst = rows.to(tl.int64)[:, None] * KV + k[None, :]
+    tl.store(nbr_ptr + dst, src.to(tl.int32), mask=live[:, None] & (k < KV)[None, :])
+    tl.store(mask_ptr + rows, _row_bits(src >= 0, k, KV), mask=live)
+
+
+@triton.jit
+def _discover_kernel(coords_ptr, n_lanes, slots_ptr, shift, hmask, keys_ptr, kslots_ptr, kcoords_ptr, count_ptr,
+                     lim0, lim1, lim2, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
+                     S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
+                     D2: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
+                     M0: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr, B0: tl.constexpr, B1: tl.constexpr,
+                     B2: tl.constexpr, MULTIPLY: tl.constexpr, BLOCK: tl.constexpr):
+    """Insert the output of every (input, usable kernel position) lane; compact the keys placed first, with
+    their slots and coordinates."""
+    J: tl.constexpr = B0 * B1 * B2
+    lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = lanes < n_lanes
+    row = lanes // J
+    j = lanes % J
+    b = tl.load(coords_ptr + 4 * row, mask=live, other=0)
+    c0 = tl.load(coords_ptr + 4 * row + 1, mask=live, other=0)
+    c1 = tl.load(coords_ptr + 4 * row + 2, mask=live, other=0)
+    c2 = tl.load(coords_ptr + 4 * row + 3, mask=live, other=0)
+    t0 = _kernel_position(c0, j // (B1 * B2), K0, S0, D0, P0, M0, MULTIPLY)
+    t1 = _kernel_position(c1, (j // B2) % B1, K1, S1, D1, P1, M1, MULTIPLY)
+    t2 = _kernel_position(c2, j % B2, K2, S2, D2, P2, M2, MULTIPLY)
+    y0, ok0 = _relate(c0, t0, S0, D0, P0, lim0, MULTIPLY)
+    y1, ok1 = _relate(c1, t1, S1, D1, P1, lim1, MULTIPLY)
+    y2, ok2 = _relate(c2, t2, S2, D2, P2, lim2, MULTIPLY)
+    valid = live & ok0 & ok1 & ok2 & (t0 < K0) & (t1 < K1) & (t2 < K2)
+    key = pack_key(b, y0, y1, y2, lim0, lim1, lim2)
+    slot, placed = insert_keys(slots_ptr, key, valid, shift, hmask)
+    new = placed.to(tl.int32)
+    base = tl.atomic_add(count_ptr, tl.sum(new, axis=0))
+    pos = base + tl.cumsum(new, axis=0) - 1
+    tl.store(keys_ptr + pos, key.to(keys_ptr.dtype.element_ty), mask=placed)
+    tl.store(kslots_ptr + pos, slot, mask=placed)
+    tl.store(kcoords_ptr + 4 * pos, b, mask=placed)
+    tl.store(kcoords_ptr + 4 * pos + 1, y0, mask=placed)
+    tl.store(kcoords_ptr + 4 * pos + 2, y1, mask=placed)
+    tl.store(kcoords_ptr + 4 * pos + 3, y2, mask=placed)
+
+
+@triton.jit
+def _number_kernel(perm_ptr, kslots_ptr, kcoords_ptr, slots_ptr, coords_ptr, count_ptr, BLOCK: tl.constexpr):
+    """Output ``j`` = the ``j``-th smallest key (compact entry ``perm[j]``): store ``j`` as its table value and
+    copy its coordinates."""
+    j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = j < tl.load(count_ptr)
+    src = tl.load(perm_ptr + j, mask=live, other=0)
+    tl.store(slots_ptr + 2 * tl.load(kslots_ptr + src, mask=live, other=0) + 1, j.to(tl.int64), mask=live)
+    for c in tl.static_range(4):
+        tl.store(coords_ptr + 4 * j + c, tl.load(kcoords_ptr + 4 * src + c, mask=live, other=0), mask=live)
+
+
+@triton.jit
+def _row_mask_kernel(nbr_ptr, mask_ptr, n, KV: tl.constexpr, ROWS: tl.constexpr, KP: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    k = tl.arange(0, KP)
+    live = rows < n
+    v = tl.load(nbr_ptr + rows.to(tl.int64)[:, None] * KV + k[None, :], mask=live[:, None] & (k < KV)[None, :],
+                other=-1)
+    tl.store(mask_ptr + rows, _row_bits(v >= 0, k, KV), mask=live)
+
+
+@triton.jit
+def _reverse_kernel(nbr_ptr, rev_ptr, n, KV: tl.constexpr, BLOCK: tl.constexpr):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    live = idx // KV < n
+    v = tl.load(nbr_ptr + idx, mask=live, other=-1)
+    tl.store(rev_ptr + v.to(tl.int64) * KV + idx % KV, (idx // KV).to(tl.int32), mask=v >= 0)
+
+
+def _geometry_args(geom: ConvGeometry) -> dict[str, int]:
+    (k0, k1, k2), (s0, s1, s2), (d0, d1, d2), (p0, p1, p2) = geom.kernel_size, geom.stride, geom.dilation, \
+        geom.padding
+    return dict(K0=k0, K1=k1, K2=k2, S0=s0, S1=s1, S2=s2, D0=d0, D1=d1, D2=d2, P0=p0, P1=p1, P2=p2)
+
+
+def _reach_per_axis(geom: ConvGeometry) -> tuple[Triple, Triple]:
+    """Per axis, the residue period ``M`` of usable kernel positions and their most per input site ``B``.
+
+    Transposed: every position reaches an output (``M = 1``, ``B = k``). Regular: positions ``t`` with
+    ``s | x + p - t*d`` repeat every ``s / gcd(s, d)``, so at most ``ceil(k / M)`` of them per site.
+    """
+    if geom.transposed:
+        return (1, 1, 1), geom.kernel_size
+    period = tuple(s // math.gcd(s, d) for s, d in zip(geom.stride, geom.dilation))
+    most = tuple(-(-k // m) for k, m in zip(geom.kernel_size, period))
+    return period, most  # type: ignore[return-value]
+
+
+def discover_outputs(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> CoordSet:
+    """Every output site of ``out_shape`` some input of ``src`` reaches, in key order, with its table cached.
+
+    The keys are sorted and numbered before the one host read (the output count): the candidate buffer is
+    sized by the bound and padded with a key above every real one.
+    """
+    require_runnable(src.device)
+    radix = key_radix(out_shape, src.batch_size)  # ValueError past 2**62 keys; the radix is out_shape itself
+    period, most = _reach_per_axis(geom)
+    per_site = most[0] * most[1] * most[2]
+    n = src.num_points
+    space = src.batch_size * math.prod(out_shape)
+    lanes = n * per_site
+    if lanes > _MAX_LANES:
+        raise ValueError(f"{n} input sites x {per_site} reachable offsets = {lanes} candidate outputs, more than "
+                         f"the {_MAX_LANES} one map build supports; split the batch")
+    bound = min(lanes, space)
+    dev = src.device
+    table = HashTable.allocate(bound, dev)
+    table.reserve(bound)
+    key_type = torch.int32 if space < 2**31 else torch.int64  # a 32-bit sort is faster
+    keys = torch.full((bound,), torch.iinfo(key_type).max, dtype=key_type, device=dev)
+    kslots = torch.empty(bound, dtype=torch.int64, device=dev)
+    kcoords = torch.empty((bound, 4), dtype=torch.int32, device=dev)
+    count = torch.zeros(1, dtype=torch.int32, device=dev)
+    coords = torch.empty((bound, 4), dtype=torch.int32, device=dev)
+    m = 0
+    if lanes:
+        block = DISCOVER.lanes_on(dev)
+        _discover_kernel[(triton.cdiv(lanes, block),)](
+            src.coords.contiguous(), lanes, table.slots, *table.probe_args, keys, kslots, kcoords, count, *radix,
+            **_geometry_args(geom), M0=period[0], M1=period[1], M2=period[2], B0=most[0], B1=most[1], B2=most[2],
+            MULTIPLY=geom.transposed, BLOCK=block, num_warps=DISCOVER.warps)
+        perm = torch.sort(keys).indices
+        block = ROWS.lanes_on(dev)
+        _number_kernel[(triton.cdiv(bound, block),)](perm, kslots, kcoords, table.slots, coords, count,
+                                                    BLOCK=block, num_warps=ROWS.warps)
+        m = int(count.item())  # the one host read
+    coords = coords[:m] if 2 * m >= bound else coords[:m].clone()  # do not keep a mostly unused buffer alive
+    out = CoordSet(coords, out_shape, src.batch_size)
+    out.cache[CACHE_KEY] = table
+    return out
+
+
+def _map_rows(kv: int, device: torch.device) -> tuple[int, int]:
+    """(padded offsets, output rows) per program of the map and row-mask kernels."""
+    kp = triton.next_power_of_2(kv)
+    return kp, max(1, MAP.lanes_on(device) // kp)
+
+
+def fill_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple, out: CoordSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """``nbr[N_out, K]`` (int32) and the row masks (int64) of ``geom`` from ``src`` to the sites of ``out``.
+
+    Outputs outside ``out_shape`` get no inputs. Queries ``src``'s table (built on first use); no host read.
+    """
+    require_runnable(src.device)
+    if out.device != src.device:
+        raise ValueError(f"output sites are on {out.device} but input sites on {src.device}")
+    table = coord_table(src)
+    kv = geom.kernel_volume
+    n_out = out.num_points
+    nbr = torch.empty((n_out, kv), dtype=torch.int32, device=src.device)
+    mask = torch.empty(n_out, dtype=torch.int64, device=src.device)
+    if n_out:
+        kp, rows = _map_rows(kv, src.device)
+        _map_kernel[(triton.cdiv(n_out, rows),)](
+            nbr, mask, out.coords.contiguous(), n_out, table.slots, *table.probe_args, *src.spatial_shape,
+            *out_shape, **_geometry_args(geom), MULTIPLY=not geom.transposed, ROWS=rows, KP=kp,
+            num_warps=MAP.warps)
+    return nbr, mask
+
+
+def build_kernel_map_triton(src: CoordSet, geom: ConvGeometry, out_shape: Triple,
+                            out: CoordSet | None = None) -> tuple[torch.Tensor, torch.Tensor, CoordSet]:
+    """``(nbr, row masks, output set)``: the output sites are ``out`` or, when ``None``, discovered."""
+    coord_table(src)  # queued first, so that discovery's host read does not delay it
+    if out is None:
+        out = discover_outputs(src, geom, out_shape)
+    nbr, mask = fill_map(src, geom, out_shape, out)
+    return nbr, mask, out
+
+
+def row_mask(nbr: torch.Tensor) -> torch.Tensor:
+    """The int64 bitmask of present offsets per row of ``nbr`` (bit 62 stands for every offset >= 62)."""
+    require_runnable(nbr.device)
+    n, kv = nbr.shape
+    mask = torch.empty(n, dtype=torch.int64, device=nbr.device)
+    if n:
+        kp, rows = _map_rows(kv, nbr.device)
+        _row_mask_kernel[(triton.cdiv(n, rows),)](nbr.contiguous(), mask, n, KV=kv, ROWS=rows, KP=kp,
+                                                  num_warps=MAP.warps)
+    return mask
+
+
+def reverse_table(nbr: torch.Tensor, num_in: int) -> torch.Tensor:
+    """``nbr_T[num_in, K]`` with ``nbr_T[nbr[o, k], k] = o`` (``-1`` elsewhere); no host read."""
+    require_runnable(nbr.device)
+    n, kv = nbr.shape
+    rev = torch.full((num_in, kv), -1, dtype=torch.int32, device=nbr.device)
+    if n:
+        block = ROWS.lanes_on(nbr.device)
+        _reverse_kernel[(triton.cdiv(n * kv, block),)](nbr.contiguous(), rev, n, KV=kv, BLOCK=block,
+                                                       num_warps=ROWS.warps)
+    return rev

@@ -1,0 +1,314 @@
+"""Benchmark the allowed candidates of one call and choose the fastest correct one.
+
+Candidates are (algorithm, parameter point) pairs. Each new candidate first runs once and is checked against
+the reference algorithm (and for leaving its inputs untouched); then it is timed (warm-up, repeats, median).
+Close leaders are re-timed together before the choice. A candidate that raises or is wrong is recorded as
+failed and never chosen. Results already in the cache are reused, only missing candidates are timed.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from warpsparse.algorithms import registry
+from warpsparse.algorithms.base import Algorithm, Op, Signature
+from warpsparse.cache_schema import CandidateResult, EntryKey, candidate_ident
+from warpsparse.coords.kernel_map import KernelMap
+from warpsparse.tuner.modes import REFERENCE
+from warpsparse.tuner.store import TuningStore
+from warpsparse.tuner.timing import median, output_error, poison, snapshot, time_round_robin, tolerance, unchanged
+
+log = logging.getLogger("warpsparse.tuner")
+
+BUDGET_ENV = "WARPCONVNET_TUNE_BUDGET_MS"
+DEFAULT_BUDGET_MS = 2000.0
+PRUNE_FACTOR = 4.0  # points estimated this many times costlier than their algorithm's best are not timed
+TARGET_MS = 40.0  # timed repeats per candidate aim at about this much time
+MIN_REPS, MAX_REPS = 3, 20
+HOPELESS = 3.0  # a candidate whose first timed runs are this much slower than the best so far stops there
+LEADER_MARGIN = 1.10  # candidates within 10% of the best are re-timed together
+MAX_LEADERS = 4
+RETIME_ROUNDS = 5
+
+Choice = tuple[Algorithm, dict[str, Any]]
+
+
+def tune_budget_ms() -> float:
+    """The per-signature tuning budget from ``WARPCONVNET_TUNE_BUDGET_MS`` (default 2000 ms)."""
+    raw = os.environ.get(BUDGET_ENV, "").strip()
+    if not raw:
+        return DEFAULT_BUDGET_MS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise ValueError(f"{BUDGET_ENV}={raw!r}: expected a positive number of milliseconds "
+                         "(e.g. 2000, or inf for no limit)")
+    return value
+
+
+def _canonical(value: Any) -> Any:
+    """A JSON-safe, comparable form of a parameter value (non-finite floats become strings)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    algorithm: Algorithm
+    params: dict[str, Any]
+    json_params: dict[str, Any]
+    ident: str
+    is_default: bool
+
+    @staticmethod
+    def of(algorithm: Algorithm, params: dict[str, Any], is_default: bool = False) -> "Candidate":
+        json_params = {k: _canonical(v) for k, v in sorted(params.items())}
+        return Candidate(algorithm, dict(params), json_params, candidate_ident(algorithm.name, json_params),
+                         is_default)
+
+    @property
+    def label(self) -> str:
+        inner = ",".join(f"{k}={v}" for k, v in self.json_params.items())
+        return f"{self.algorithm.name}{{{inner}}}" if inner else self.algorithm.name
+
+    def result(self, status: str, median_ms: float | None = None, error: str | None = None) -> CandidateResult:
+        return CandidateResult(algorithm=self.algorithm.name, params=self.json_params, status=status,
+                               median_ms=median_ms, error=error)
+
+
+def candidates_for(algos: list[Algorithm], sig: Signature) -> list[Candidate]:
+    """Every parameter point of every algorithm, each algorithm's default point first."""
+    out: list[Candidate] = []
+    for alg in algos:
+        default = Candidate.of(alg, alg.default_params(sig), is_default=True)
+        out.append(default)
+        out.extend(c for c in (Candidate.of(alg, p) for p in alg.param_space(sig).points())
+                   if c.ident != default.ident)
+    return out
+
+
+def _describe(sig: Signature) -> str:
+    return (f"{sig.op.value} N_in={sig.n_in} N_out={sig.n_out} C={sig.c_in}->{sig.c_out} K={sig.kernel_volume} "
+            f"{str(sig.dtype).removeprefix('torch.')}{' tf32' if sig.tf32 else ''} on {sig.device_type}")
+
+
+def _error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+class _Session:
+    """One tuning of one call: reference, candidate checks and timings under a time budget."""
+
+    def __init__(self, op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Signature,
+                 budget_ms: float) -> None:
+        self.op, self.a, self.b, self.kmap, self.sig = op, a, b, kmap, sig
+        self.device = a.device
+        self.budget_ms = budget_ms
+        self.start = time.perf_counter()
+        self.tol = tolerance(sig.dtype, sig.tf32)
+        self.snaps = (snapshot(a), snapshot(b))
+        self.ref: torch.Tensor | None = None
+        self.ref_error: BaseException | None = None
+        self.ref_alg: Algorithm | None = None
+        self._run_reference()
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.start) * 1e3
+
+    def _call(self, cand: Candidate) -> Callable[[], object]:
+        op, params, a, b, kmap = self.op, cand.params, self.a, self.b, self.kmap
+        return lambda: cand.algorithm.run(op, params, a, b, kmap)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _run_reference(self) -> None:
+        name = REFERENCE[self.op.depthwise]
+        try:
+            alg = registry.get(name)
+            reason = alg.applies_to(self.sig)
+            if reason is not None:
+                raise RuntimeError(f"reference {name} does not apply: {reason}")
+            self.ref = alg.run(self.op, alg.default_params(self.sig), self.a, self.b, self.kmap)
+            self._sync()
+            if not self._inputs_intact():
+                raise RuntimeError(f"reference {name} modified its inputs")
+            self.ref_alg = alg
+        except Exception as exc:  # noqa: BLE001 - the reference may fail (e.g. out of memory); tuning goes on
+            self.ref_error = exc
+            log.warning("reference %s failed on %s (%s); candidates are timed without a correctness check",
+                        name, _describe(self.sig), _error_text(exc))
+
+    def _inputs_intact(self) -> bool:
+        intact = True
+        for t, snap in zip((self.a, self.b), self.snaps):
+            if not unchanged(t, snap):
+                t.copy_(snap)
+                intact = False
+        return intact
+
+    def check(self, cand: Candidate) -> CandidateResult | None:
+        """Run ``cand`` once (compiles, warms up); a failed result, or ``None`` if it is correct."""
+        try:
+            out = self._call(cand)()
+            self._sync()
+        except Exception as exc:  # noqa: BLE001 - any candidate failure is recorded, never raised
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            log.debug("%s failed on %s: %s", cand.label, _describe(self.sig), _error_text(exc))
+            return cand.result("failed", error=_error_text(exc))
+        if not self._inputs_intact():
+            log.warning("%s modified its inputs on %s; rejected", cand.label, _describe(self.sig))
+            return cand.result("failed", error="modified its inputs")
+        if self.ref is not None:
+            wrong = output_error(out, self.ref, self.tol)
+            poison(out, self.a, self.b, self.ref)
+            if wrong is not None:
+                log.warning("%s gave a wrong result on %s: %s; rejected", cand.label, _describe(self.sig), wrong)
+                return cand.result("failed", error=f"wrong result: {wrong}")
+        return None
+
+    def measure(self, cand: Candidate, best_ms: float | None) -> CandidateResult:
+        if not (cand.is_default and cand.algorithm is self.ref_alg):  # the reference itself needs no check
+            failed = self.check(cand)
+            if failed is not None:
+                return failed
+        fn = self._call(cand)
+        try:
+            samples = time_round_robin([fn], self.device, 1)[0]
+            if best_ms is not None and self.elapsed_ms() > self.budget_ms:  # budget spent: one sample only
+                return cand.result("ok", median_ms=samples[0])
+            samples += time_round_robin([fn], self.device, MIN_REPS - 1)[0]
+            hopeless = best_ms is not None and median(samples) > HOPELESS * best_ms
+            target_ms = min(TARGET_MS, max(self.budget_ms - self.elapsed_ms(), 0.0))
+            reps = min(MAX_REPS, int(target_ms / max(min(samples), 1e-3)))
+            more = 0 if hopeless else reps - MIN_REPS
+            if more > 0:
+                samples += time_round_robin([fn], self.device, more)[0]
+        except Exception as exc:  # noqa: BLE001
+            return cand.result("failed", error=_error_text(exc))
+        return cand.result("ok", median_ms=median(samples))
+
+    def retime(self, leaders: list[Candidate]) -> dict[str, CandidateResult]:
+        """Time the close leaders together, interleaved; their fresh medians."""
+        try:
+            samples = time_round_robin([self._call(c) for c in leaders], self.device, RETIME_ROUNDS)
+        except Exception:  # noqa: BLE001 - keep the first measurements
+            return {}
+        return {c.ident: c.result("ok", median_ms=median(s)) for c, s in zip(leaders, samples)}
+
+
+def _plan(todo: list[Candidate], sig: Signature) -> tuple[list[Candidate], list[Candidate]]:
+    """Order the candidates to time (defaults first, then by estimate, algorithms interleaved) and the pruned."""
+    groups: dict[str, list[Candidate]] = {}
+    for c in todo:
+        groups.setdefault(c.algorithm.name, []).append(c)
+    pruned: list[Candidate] = []
+    ordered_groups = []
+    for group in groups.values():
+        estimates: dict[str, float] = {}
+        for c in group:
+            try:
+                est = c.algorithm.estimate_cost(sig, c.params)
+            except Exception:  # noqa: BLE001 - an estimate is only a hint
+                est = None
+            if est is not None:
+                estimates[c.ident] = float(est)
+        floor = min(estimates.values(), default=None)
+        keep = [c for c in group if c.is_default or floor is None or c.ident not in estimates
+                or estimates[c.ident] <= PRUNE_FACTOR * floor]
+        kept = {c.ident for c in keep}
+        pruned.extend(c for c in group if c.ident not in kept)
+        keep.sort(key=lambda c: (not c.is_default, estimates.get(c.ident, math.inf)))
+        ordered_groups.append(keep)
+    ordered = [g[i] for i in range(max((len(g) for g in ordered_groups), default=0))
+               for g in ordered_groups if i < len(g)]
+    return ordered, pruned
+
+
+def benchmark(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Signature,
+              todo: list[Candidate], settled: dict[str, CandidateResult],
+              everything: list[Candidate]) -> dict[str, CandidateResult]:
+    """Measure ``todo`` (given the ``settled`` results of the other candidates); the new results by ident."""
+    budget = tune_budget_ms()
+    with torch.no_grad():
+        session = _Session(op, a, b, kmap, sig, budget)
+        ordered, pruned = _plan(todo, sig)
+        new = {c.ident: c.result("pruned", error=f"estimated over {PRUNE_FACTOR:g}x its algorithm's best")
+               for c in pruned}
+
+        def best_ms() -> float | None:
+            times = [r.median_ms for r in (*settled.values(), *new.values()) if r.status == "ok"]
+            return min(times, default=None)
+
+        for cand in ordered:
+            if session.elapsed_ms() > budget and best_ms() is not None:
+                new[cand.ident] = cand.result("skipped", error=f"tuning budget of {budget:g} ms exhausted")
+                continue
+            new[cand.ident] = session.measure(cand, best_ms())
+        best = best_ms()
+        if best is not None and session.elapsed_ms() <= budget:
+            results = {**settled, **new}
+            leaders = sorted((c for c in everything if results[c.ident].status == "ok"
+                              and results[c.ident].median_ms <= best * LEADER_MARGIN),
+                             key=lambda c: results[c.ident].median_ms)[:MAX_LEADERS]
+            if len(leaders) > 1:
+                new.update(session.retime(leaders))
+        if best is None and session.ref_error is not None:
+            raise session.ref_error
+    return new
+
+
+def choose(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Signature, algos: list[Algorithm],
+           key: EntryKey, store: TuningStore, retune: bool = False) -> Choice:
+    """The fastest correct candidate among ``algos`` for this call, timing only what the cache lacks."""
+    everything = candidates_for(algos, sig)
+    known = {} if retune else store.results(key)
+    settled = {c.ident: known[c.ident] for c in everything if c.ident in known}
+    todo = [c for c in everything if c.ident not in settled]
+    new: dict[str, CandidateResult] = {}
+    if todo:
+        start = time.perf_counter()
+        new = benchmark(op, a, b, kmap, sig, todo, settled, everything)
+        store.record(key, list(new.values()))
+        _log_tuned(sig, everything, {**settled, **new}, new, (time.perf_counter() - start) * 1e3)
+    results = {**settled, **new}
+    ok = sorted((c for c in everything if results[c.ident].status == "ok"),
+                key=lambda c: (results[c.ident].median_ms, c.ident))
+    if ok:
+        return ok[0].algorithm, ok[0].params
+    try:
+        reference = registry.get(REFERENCE[op.depthwise])
+    except KeyError:
+        raise RuntimeError(f"every candidate failed on {_describe(sig)} and no reference algorithm is "
+                           "registered") from None
+    log.warning("every candidate failed on %s; running the reference %s", _describe(sig), reference.name)
+    return reference, reference.default_params(sig)
+
+
+def _log_tuned(sig: Signature, everything: list[Candidate], results: dict[str, CandidateResult],
+               new: dict[str, CandidateResult], elapsed_ms: float) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
+    ok = sorted((c for c in everything if results[c.ident].status == "ok"), key=lambda c: results[c.ident].median_ms)
+    counts = {s: sum(r.status == s for r in new.values()) for s in ("ok", "failed", "pruned", "skipped")}
+    head = f"{ok[0].label} {results[ok[0].ident].median_ms:.3f} ms" if ok else "none (all failed)"
+    runner = f"{ok[1].label} {results[ok[1].ident].median_ms:.3f} ms" if len(ok) > 1 else "none"
+    log.info("tuned %s in %.0f ms: winner %s; runner-up %s; %d candidates tried (%d timed, %d failed, %d pruned, "
+             "%d skipped, %d from cache)", _describe(sig), elapsed_ms, head, runner, len(new), counts["ok"],
+             counts["failed"], counts["pruned"], counts["skipped"], len(everything) - len(new))
