@@ -279,7 +279,9 @@ def choose(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Signa
     """The fastest correct candidate among ``algos`` for this call, timing only what the cache lacks."""
     everything = candidates_for(algos, sig)
     known = {} if retune else store.results(key)
-    settled = {c.ident: known[c.ident] for c in everything if c.ident in known}
+    # a candidate skipped for lack of budget is timed by a later tuning of the same signature
+    settled = {c.ident: known[c.ident] for c in everything
+               if c.ident in known and known[c.ident].status != "skipped"}
     todo = [c for c in everything if c.ident not in settled]
     new: dict[str, CandidateResult] = {}
     if todo:
