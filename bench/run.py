@@ -15,7 +15,8 @@ Workloads (each under the time ``--budget-s`` leaves):
 - ``regret``: per layer and op of a suite, the time of AUTO's choice over the best of every candidate timed.
 
 Order: per network its tuning probes, then the network in the first dtype (it reuses the probes' caches); then
-regret; the networks in the other dtypes; batch4; maps; layers. Results go to ``--out``: ``results.json``, ``results.md`` and PNG plots (rewritten after every workload).
+regret; the networks in the other dtypes; batch4; maps; layers. Results go to ``--out``: ``results.json``,
+``results.md`` and PNG plots (rewritten after every workload), and the tuning caches the run filled.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ import torch
 
 from bench import networks as nets
 from bench import report
-from bench.timing import REPO, Timing, environment, interleaved, kernel_breakdown, measure, ratio, sync, wall
+from bench.timing import REPO, Timing, call_profile, environment, interleaved, measure, ratio, sync, wall
 
 WORKLOADS = ("tuning", "spconv_net", "minkunet", "batch4", "layers", "maps", "regret")
 DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
@@ -175,7 +176,7 @@ def _peak_memory(call: Callable[[], object], device: torch.device) -> dict[str, 
 
 def _profile(call: Callable[[], object], device: torch.device) -> dict[str, Any]:
     try:
-        return kernel_breakdown(call, device)
+        return call_profile(call, device)
     except Exception as exc:  # noqa: BLE001 - the profiler is optional (CUPTI may be unavailable)
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
@@ -637,8 +638,10 @@ def parser() -> argparse.ArgumentParser:
                    help="most seconds the regret workload may take (default: what the budget leaves)")
     p.add_argument("--layers-args", default="",
                    help="arguments for bench/layers.py, e.g. \"--channels 64 256 --dtypes fp16\" (default: its own)")
-    p.add_argument("--no-profile", action="store_true",
-                   help="skip the CUDA kernel-time breakdown of the networks in the first dtype")
+    prof = p.add_mutually_exclusive_group()
+    prof.add_argument("--profile", dest="profile", action="store_true", default=None,
+                      help="profile the networks in the first dtype (kernels, host ops, syncs; default on GPU)")
+    prof.add_argument("--no-profile", dest="profile", action="store_false")
     p.add_argument("--first-call-probe", default=None, help=argparse.SUPPRESS)
     p.add_argument("--probe-peer", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -683,7 +686,7 @@ def make_config(args: argparse.Namespace) -> Config:
                   voxel_size=voxel, peer=not args.no_peer and device.type == "cuda", budget_s=args.budget_s,
                   width_divisor=TINY_DIVISOR if args.tiny else 1, target_s=0.05 if args.tiny else 1.0,
                   min_reps=3 if args.tiny else 10, layers_args=shlex.split(args.layers_args),
-                  regret_s=args.regret_s, profile=not args.no_profile and device.type == "cuda")
+                  regret_s=args.regret_s, profile=device.type == "cuda" if args.profile is None else args.profile)
 
 
 def register_backends() -> list[str]:
@@ -695,6 +698,19 @@ def register_backends() -> list[str]:
         except ImportError as exc:
             missing.append(f"{package}: {exc}")
     return missing
+
+
+def keep_tuning_caches(run: Run) -> None:
+    """Copy the tuning caches of the run (the tuner's decisions and every candidate's time) to the output."""
+    from warpsparse.tuner import save_tuning_cache
+
+    save_tuning_cache()
+    kept = {}
+    for path in sorted(run.work.glob("*/tuning/*.json")):
+        name = f"tuning_cache_{path.parent.parent.name}.json"
+        shutil.copyfile(path, run.cfg.out / name)
+        kept[path.parent.parent.name] = name
+    run.results["tuning_caches"] = kept
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -733,6 +749,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        keep_tuning_caches(run)
         report.write(results, cfg.out, plots=True)
         shutil.rmtree(run.work, ignore_errors=True)
     print(f"[bench] results in {cfg.out}/results.json and results.md", flush=True)

@@ -96,37 +96,55 @@ def measure(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, 
     return Timing.of(interleaved([fn], device, reps, isolate)[0])
 
 
-def kernel_breakdown(fn: Callable[[], object], device: torch.device, calls: int = 3,
-                     top: int = 12) -> dict[str, Any]:
-    """Where the device time of ``fn()`` goes: CUDA kernel time per call, and the ``top`` kernels with their share.
+#: host calls that wait for the device
+SYNC_EVENTS = frozenset({"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"})
 
-    ``gpu_ms`` is the sum of kernel times per call; compared with the call's wall time it shows how much of a
-    call the device sits idle (host work, syncs, launch gaps). Empty without CUDA or when the profiler fails.
+
+def call_profile(fn: Callable[[], object], device: torch.device, calls: int = 3, top: int = 12) -> dict[str, Any]:
+    """Where the time of ``fn()`` goes, per call, from ``torch.profiler``.
+
+    ``gpu_ms`` and ``kernels``: summed CUDA kernel time and the ``top`` kernels with their share (CUDA only);
+    compared with the call's wall time they show how long the device sits idle. ``host_op_ms`` and
+    ``host_ops``: self CPU time of the traced operators and runtime calls (waiting in a sync included);
+    ``syncs``: host waits for the device; ``cuda_mallocs``: calls to ``cudaMalloc``.
     """
-    if device.type != "cuda":
-        return {}
     from torch.profiler import ProfilerActivity, profile
 
+    cuda = device.type == "cuda"
     fn()
     sync(device)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
         for _ in range(calls):
             fn()
         sync(device)
     kernels: dict[str, list[float]] = {}
+    host: dict[str, list[float]] = {}
     for e in prof.key_averages():
-        if e.device_type != torch.autograd.DeviceType.CUDA:
-            continue
-        us = getattr(e, "self_device_time_total", None)
-        if us is None:
+        on_device = e.device_type == torch.autograd.DeviceType.CUDA
+        us = getattr(e, "self_device_time_total", None) if on_device else e.self_cpu_time_total
+        if us is None:  # older torch
             us = getattr(e, "self_cuda_time_total", 0.0)
-        slot = kernels.setdefault(e.key, [0.0, 0])
-        slot[0] += us / 1e3 / calls
-        slot[1] += e.count / calls
-    total = sum(v[0] for v in kernels.values())
-    ranked = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]
-    return {"gpu_ms": total, "kernels": [{"name": name[:120], "ms": v[0], "share": v[0] / total if total else 0.0,
-                                          "launches": v[1]} for name, (v) in ranked]}
+        slot = (kernels if on_device else host).setdefault(e.key, [0.0, 0.0])
+        slot[0] += us / 1e3
+        slot[1] += e.count
+    harness_sync = host.get("cudaDeviceSynchronize")
+    if harness_sync is not None:  # the sync that closes the profiled calls
+        harness_sync[1] -= 1
+
+    def ranked(table: dict[str, list[float]], total: float) -> list[dict[str, Any]]:
+        rows = sorted(table.items(), key=lambda kv: -kv[1][0])[:top]
+        return [{"name": name[:120], "ms": ms / calls, "share": ms / total if total else 0.0, "count": n / calls}
+                for name, (ms, n) in rows]
+
+    host_total = sum(v[0] for v in host.values())
+    out: dict[str, Any] = {
+        "calls": calls, "host_op_ms": host_total / calls, "host_ops": ranked(host, host_total),
+        "syncs": sum(host[k][1] for k in SYNC_EVENTS if k in host) / calls,
+        "cuda_mallocs": host.get("cudaMalloc", [0.0, 0.0])[1] / calls}
+    if cuda:
+        gpu_total = sum(v[0] for v in kernels.values())
+        out.update(gpu_ms=gpu_total / calls, kernels=ranked(kernels, gpu_total))
+    return out
 
 
 def wall(fn: Callable[[], object], device: torch.device) -> float:

@@ -88,7 +88,7 @@ class KernelMap:
         torch.cumsum(counts_dev, 0, out=bounds[1:])
         counts = tuple(int(c) for c in counts_dev.tolist())  # the one host read
         where = _nonzero(valid_t, sum(counts))
-        offset_of_pair, out_idx = where[:, 0], where[:, 1]
+        offset_of_pair, out_idx = where[:, 0].contiguous(), where[:, 1].contiguous()
         in_idx = self.nbr.t()[offset_of_pair, out_idx].long()
         return PairList(in_idx, out_idx, offset_of_pair, bounds, counts)
 

@@ -18,13 +18,20 @@ def _pool(x: SparseTensor, kernel_size: int | Triple, stride: int | Triple | Non
     geom = ConvGeometry(ks, triple(ks if stride is None else stride, "stride", 1), triple(padding, "padding", 0),
                         triple(dilation, "dilation", 1))
     kmap, dst = conv_map(x, geom, "conv")
-    nbr = kmap.nbr.long()
-    valid = (nbr >= 0).unsqueeze(-1)
-    window = x.features[nbr.clamp(min=0)]  # [N_out, K, C]
+    feats = x.features
     if reduce == "max":
-        out = window.masked_fill(~valid, float("-inf")).amax(dim=1)
+        # pick each window's argmax without autograd, then gather it: the backward scatters each gradient to one
+        # input row only (an empty slot never aliases a real row)
+        with torch.no_grad():
+            nbr = kmap.nbr.long()
+            window = feats[nbr.clamp(min=0)].masked_fill_((nbr < 0).unsqueeze(-1), float("-inf"))
+            source = nbr.gather(1, window.argmax(dim=1))  # [N_out, C]
+        out = feats.gather(0, source)
     else:
-        out = (window * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1).to(window.dtype)
+        pairs = kmap.pairs
+        count = torch.bincount(pairs.out_idx, minlength=kmap.num_out).clamp(min=1)
+        summed = feats.new_zeros(kmap.num_out, x.num_channels).index_add(0, pairs.out_idx, feats[pairs.in_idx])
+        out = summed / count.unsqueeze(1).to(feats.dtype)
     return SparseTensor.from_coord_set(out, dst, x.indice_store)
 
 
