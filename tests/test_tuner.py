@@ -315,3 +315,24 @@ def test_depthwise_uses_its_own_reference_and_names(monkeypatch):
     a, b = operands(Op.DW_WGRAD, kmap)
     torch.testing.assert_close(dispatch(Op.DW_WGRAD, a, b, kmap), truth(Op.DW_WGRAD, a, b, kmap))
     assert _entry().winner.algorithm == "implicit"
+
+
+class _Fp32Accumulating(ExplicitGemm):
+    """Runs the explicit algorithm on fp32 copies: what a fused fp32-accumulating kernel computes."""
+
+    name = "implicit_gemm"
+
+    def run(self, op, params, a, b, kmap):
+        return super().run(op, params, a.float(), b.float(), kmap).to(a.dtype)
+
+
+def test_half_precision_reference_is_upcast_so_accurate_kernels_win(monkeypatch):
+    # tiny fp16 gradients: per-offset fp16 products become subnormal and lose their digits
+    use_registry(monkeypatch, ExplicitGemm(), _Fp32Accumulating())
+    kmap = random_map(300, 8)
+    grad = (torch.randn(kmap.num_out, 64) * 1e-6).half()
+    weight = (torch.randn(kmap.kernel_volume, 64, 64) * 0.05).half()
+    dispatch(Op.CONV_DGRAD, grad, weight, kmap)
+    status = {c.algorithm: c.status for c in _entry().candidates}
+    assert status["implicit_gemm"] == "ok"
+    assert status["explicit_gemm"] == "failed", "the fp16 explicit run is checked against the fp32 reference too"

@@ -144,11 +144,15 @@ class _Session:
             reason = alg.applies_to(self.sig)
             if reason is not None:
                 raise RuntimeError(f"reference {name} does not apply: {reason}")
-            self.ref = alg.run(self.op, alg.default_params(self.sig), self.a, self.b, self.kmap)
+            # half types: the reference runs on fp32 copies, so that fp16 products that round to subnormals
+            # (small gradients) cannot make it the least accurate candidate
+            upcast = self.a.dtype in (torch.float16, torch.bfloat16)
+            a, b = (self.a.float(), self.b.float()) if upcast else (self.a, self.b)
+            self.ref = alg.run(self.op, alg.default_params(self.sig), a, b, self.kmap).to(self.a.dtype)
             self._sync()
             if not self._inputs_intact():
                 raise RuntimeError(f"reference {name} modified its inputs")
-            self.ref_alg = alg
+            self.ref_alg = None if upcast else alg  # an upcast reference checks its own half-type run too
         except Exception as exc:  # noqa: BLE001 - the reference may fail (e.g. out of memory); tuning goes on
             self.ref_error = exc
             log.warning("reference %s failed on %s (%s); candidates are timed without a correctness check",
