@@ -17,6 +17,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from warpsparse.tuner.timing import time_round_robin
+
 REPO = Path(__file__).resolve().parents[1]
 SCAN_FILE = REPO / "warpsparse" / "data" / "waymo-scan-spconv.npz"
 
@@ -60,21 +62,14 @@ def interleaved(fns: Sequence[Callable[[], object]], device: torch.device, round
     an idle device (the latency of one module call, host work included); without it runs go back to back
     (kernel throughput). On CPU, ``perf_counter`` around each run.
     """
-    if device.type != "cuda":
-        samples: list[list[float]] = [[] for _ in fns]
-        for _ in range(rounds):
-            for fn, out in zip(fns, samples):
-                t0 = time.perf_counter()
-                fn()
-                out.append((time.perf_counter() - t0) * 1e3)
-        return samples
+    if device.type != "cuda" or not isolate:
+        return time_round_robin(fns, device, rounds)
     events = [[(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(rounds)]
               for _ in fns]
     sync(device)
     for r in range(rounds):
         for fn, evs in zip(fns, events):
-            if isolate:
-                sync(device)
+            sync(device)
             evs[r][0].record()
             fn()
             evs[r][1].record()
