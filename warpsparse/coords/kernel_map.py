@@ -54,6 +54,7 @@ class KernelMap:
     kind: str = "conv"
     stride: Triple = (1, 1, 1)
     symmetric: bool = False
+    _mirror: bool = False  # the reverse of a symmetric map: rows group by mask exactly as the source's rows
     _reverse: "KernelMap | None" = field(default=None, repr=False)
     _mask: torch.Tensor | None = field(default=None, repr=False)
 
@@ -112,7 +113,7 @@ class KernelMap:
                 p = self.pairs
                 nbr_t[p.in_idx, p.offset_of_pair] = p.out_idx.to(torch.int32)
             rev = KernelMap(nbr_t, self.num_out, self.kernel_size, kind=f"{self.kind}_reversed",
-                            stride=self.stride, symmetric=self.symmetric, _reverse=self)
+                            stride=self.stride, symmetric=self.symmetric, _mirror=self.symmetric, _reverse=self)
             self._reverse = rev
         return self._reverse
 
@@ -134,7 +135,12 @@ class KernelMap:
 
     @cached_property
     def sorted_order(self) -> torch.Tensor:
-        """Output rows ordered by :attr:`mask` (int32), so rows with the same pattern sit together."""
+        """Output rows ordered by :attr:`mask` (int32), so rows with the same pattern sit together.
+
+        The reverse of a symmetric map shares its source's order: mirroring the offsets keeps equal masks equal.
+        """
+        if self._mirror and self._reverse is not None:
+            return self._reverse.sorted_order
         mask = self.mask
         for narrow in (torch.int16, torch.int32):  # masks of few offsets fit a narrower key: fewer radix passes
             if self.kernel_volume < torch.iinfo(narrow).bits:
@@ -145,4 +151,6 @@ class KernelMap:
     @cached_property
     def sorted_nbr(self) -> torch.Tensor:
         """``nbr`` rows in :attr:`sorted_order` ([N_out, K] int32, contiguous)."""
+        if self._mirror and self._reverse is not None:
+            return self._reverse.sorted_nbr.flip(1)
         return self.nbr.index_select(0, self.sorted_order.long()).contiguous()

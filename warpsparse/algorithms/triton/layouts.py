@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import triton
+import triton.language as tl
 
 from warpsparse.coords.kernel_map import KernelMap
 
@@ -33,7 +35,7 @@ class BlockOffsets:
     Table rows are ``kmap.sorted_order`` when sorted (``order``; ``None``: rows in map order). Block ``b``
     uses ``count[b]`` offsets, ``active[b, :count[b]]`` in increasing order, and ``sources[b, j]`` holds the
     source row of each of its ``block_m`` rows through offset ``active[b, j]`` (-1: none), so a program
-    reads each offset's sources as one contiguous vector.
+    reads each offset's sources as one contiguous vector. Entries past ``count[b]`` are unset.
     """
 
     order: torch.Tensor | None  # [N] int32
@@ -42,22 +44,44 @@ class BlockOffsets:
     sources: torch.Tensor  # [blocks, K, block_m] int32
 
 
+@triton.jit
+def _block_offsets_kernel(nbr_ptr, order_ptr, count_ptr, active_ptr, sources_ptr, n, KV: tl.constexpr,
+                          SORTED: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr):
+    """One row block: its rows' table entries, the offsets any of them uses, compacted in increasing order."""
+    b = tl.program_id(0)
+    lanes = tl.arange(0, BLOCK_M)
+    rows = b * BLOCK_M + lanes
+    live = rows < n
+    if SORTED:
+        rows = tl.load(order_ptr + rows, mask=live, other=0)
+    k = tl.arange(0, KP)
+    tile = tl.load(nbr_ptr + rows.to(tl.int64)[:, None] * KV + k[None, :], mask=live[:, None] & (k < KV)[None, :],
+                   other=-1)
+    used = tl.max(tile, axis=0) >= 0
+    slot = tl.cumsum(used.to(tl.int32), axis=0) - 1
+    tl.store(count_ptr + b, tl.sum(used.to(tl.int32), axis=0))
+    base = b.to(tl.int64) * KV
+    tl.store(active_ptr + base + slot, k, mask=used)
+    tl.store(sources_ptr + (base + slot)[None, :] * BLOCK_M + lanes[:, None], tile, mask=used[None, :])
+
+
 def block_offsets(kmap: KernelMap, sort: bool, block_m: int) -> BlockOffsets:
-    """The :class:`BlockOffsets` of ``kmap`` for row blocks of ``block_m`` (mask-sorted rows when ``sort``)."""
+    """The :class:`BlockOffsets` of ``kmap`` for row blocks of ``block_m`` (mask-sorted rows when ``sort``):
+    one kernel launch over the table."""
 
     def build() -> BlockOffsets:
-        nbr = kmap.sorted_nbr if sort else kmap.nbr
-        n, k = nbr.shape
+        n, k = kmap.nbr.shape
+        dev = kmap.device
         blocks = -(-n // block_m)
-        table = torch.full((blocks * block_m, k), -1, dtype=torch.int32, device=nbr.device)
-        table[:n] = nbr
-        by_block = table.view(blocks, block_m, k).transpose(1, 2)  # [blocks, K, block_m]
-        active_mask = (by_block >= 0).any(dim=2)
-        count = active_mask.sum(dim=1, dtype=torch.int32)
-        active = torch.sort((~active_mask).to(torch.uint8), dim=1, stable=True).indices
-        sources = torch.gather(by_block, 1, active[:, :, None].expand(-1, -1, block_m)).contiguous()
-        return BlockOffsets(kmap.sorted_order if sort else None, count, active.to(torch.int32).contiguous(),
-                            sources)
+        order = kmap.sorted_order if sort else None
+        count = torch.empty(blocks, dtype=torch.int32, device=dev)
+        active = torch.empty((blocks, k), dtype=torch.int32, device=dev)
+        sources = torch.empty((blocks, k, block_m), dtype=torch.int32, device=dev)
+        if blocks:
+            _block_offsets_kernel[(blocks,)](kmap.nbr.contiguous(), count if order is None else order, count,
+                                             active, sources, n, KV=k, SORTED=sort, BLOCK_M=block_m,
+                                             KP=triton.next_power_of_2(k), num_warps=4)
+        return BlockOffsets(order, count, active, sources)
 
     return _cached(kmap, ("block_offsets", sort, block_m), build)
 

@@ -1,13 +1,46 @@
 """Sparse max / average pooling over windows, and global pooling per batch item."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch.autograd.function import once_differentiable
 
 from warpsparse.coords.geometry import ConvGeometry, Triple, triple
 from warpsparse.nn.functional.kernel_maps import conv_map
 from warpsparse.sparse_tensor import SparseTensor
 
 __all__ = ["sparse_max_pool3d", "sparse_avg_pool3d", "global_max_pool", "global_avg_pool"]
+
+
+class _MaxPool(torch.autograd.Function):
+    """Window max over a kernel map; the backward adds each gradient to the window's arg-max row only.
+
+    CUDA runs the Triton kernels (one pass each way, int32 arg-max rows); CPU gathers every window.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, feats: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
+        if feats.is_cuda:
+            from warpsparse.algorithms.triton.pooling import max_pool_forward
+            out, source = max_pool_forward(feats, nbr)
+        else:
+            idx = nbr.long()
+            window = feats[idx.clamp(min=0)].masked_fill_((idx < 0).unsqueeze(-1), float("-inf"))
+            source = idx.gather(1, window.argmax(dim=1))  # [N_out, C]; every pooled window has an input
+            out = feats.gather(0, source)
+        ctx.save_for_backward(source)
+        ctx.num_in = feats.shape[0]
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        source, = ctx.saved_tensors
+        if source.dtype == torch.int32:
+            from warpsparse.algorithms.triton.pooling import max_pool_backward
+            return max_pool_backward(grad, source, ctx.num_in), None
+        return grad.new_zeros(ctx.num_in, grad.shape[1]).scatter_add_(0, source, grad), None
 
 
 def _pool(x: SparseTensor, kernel_size: int | Triple, stride: int | Triple | None, padding: int | Triple,
@@ -20,13 +53,7 @@ def _pool(x: SparseTensor, kernel_size: int | Triple, stride: int | Triple | Non
     kmap, dst = conv_map(x, geom, "conv")
     feats = x.features
     if reduce == "max":
-        # pick each window's argmax without autograd, then gather it: the backward scatters each gradient to one
-        # input row only (an empty slot never aliases a real row)
-        with torch.no_grad():
-            nbr = kmap.nbr.long()
-            window = feats[nbr.clamp(min=0)].masked_fill_((nbr < 0).unsqueeze(-1), float("-inf"))
-            source = nbr.gather(1, window.argmax(dim=1))  # [N_out, C]
-        out = feats.gather(0, source)
+        out = _MaxPool.apply(feats, kmap.nbr)
     else:
         pairs = kmap.pairs
         count = torch.bincount(pairs.out_idx, minlength=kmap.num_out).clamp(min=1)

@@ -1,0 +1,107 @@
+"""Per-map layouts of the Triton kernels (row blocks and their offsets, the mirrored order of symmetric maps)
+and the Triton max-pool kernels, against direct PyTorch computations on random maps, fresh each run.
+
+On CPU the kernels run in Triton's interpreter; on CUDA on the device.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from warpsparse.algorithms.triton.layouts import block_offsets
+from warpsparse.algorithms.triton.pooling import max_pool_backward, max_pool_forward
+from warpsparse.coords.kernel_map import KernelMap
+from warpsparse.coords.maps import build_kernel_map
+from warpsparse.coords.geometry import submanifold_geometry
+
+from oracle import fresh_seed, random_coords  # noqa: F401  (fresh_seed: autouse fixture)
+from test_triton_conv import DEV, coord_set, make_map
+
+
+def _random_table(n_out: int, n_in: int, kvol: int, density: float) -> torch.Tensor:
+    nbr = torch.randint(0, max(n_in, 1), (n_out, kvol), dtype=torch.int32)
+    return nbr.masked_fill(torch.rand(n_out, kvol) > density, -1).to(DEV)
+
+
+@pytest.mark.parametrize("sort", [False, True])
+@pytest.mark.parametrize("variant", ["subm", "strided", "transposed", "inverse", "isolated"])
+@pytest.mark.parametrize("block_m", [16, 64])
+def test_block_offsets_match_direct_layout(variant, sort, block_m):
+    """Per block: the offsets any row uses, in increasing order, and each row's source through each."""
+    kmap = make_map(variant)
+    lay = block_offsets(kmap, sort, block_m)
+    order = kmap.sorted_order.long() if sort else torch.arange(kmap.num_out, device=DEV)
+    assert (lay.order is not None) == sort
+    table = kmap.nbr[order]
+    for b in range(-(-kmap.num_out // block_m)):
+        rows = table[b * block_m:(b + 1) * block_m]
+        want = torch.nonzero((rows >= 0).any(dim=0)).flatten()
+        count = int(lay.count[b])
+        assert count == want.numel(), f"block {b}: {count} offsets, expected {want.numel()}"
+        assert torch.equal(lay.active[b, :count].long(), want)
+        got = lay.sources[b, :count, :rows.shape[0]]
+        assert torch.equal(got, rows[:, want].t()), f"block {b}: sources differ"
+        if count:
+            assert bool((lay.sources[b, :count, rows.shape[0]:] == -1).all()), "padding rows must have no source"
+
+
+@pytest.mark.parametrize("kvol", [1, 8, 27, 125])
+def test_block_offsets_random_tables(kvol):
+    """Tables of any kernel volume, including empty rows and offsets no row of a block uses."""
+    nbr = _random_table(150, 90, kvol, 0.1)
+    kmap = KernelMap(nbr, 90, (kvol, 1, 1))
+    lay = block_offsets(kmap, False, 32)
+    for b in range(-(-150 // 32)):
+        rows = nbr[b * 32:(b + 1) * 32]
+        want = torch.nonzero((rows >= 0).any(dim=0)).flatten()
+        assert int(lay.count[b]) == want.numel()
+        assert torch.equal(lay.sources[b, :want.numel(), :rows.shape[0]], rows[:, want].t())
+
+
+def test_mirror_of_symmetric_map_shares_row_groups():
+    """The reverse of a symmetric subm map reuses its source's order; rows of one mask stay together."""
+    src = coord_set(random_coords(300, (10, 10, 10), 2))
+    kmap, _ = build_kernel_map(src, submanifold_geometry((3, 3, 3), (1, 1, 1)), src.spatial_shape, src, "subm")
+    assert kmap.symmetric
+    rev = kmap.reversed()
+    assert rev.sorted_order is kmap.sorted_order
+    assert torch.equal(rev.sorted_nbr, rev.nbr[rev.sorted_order.long()])
+    masks = rev.mask[rev.sorted_order.long()]
+    changes = int((masks[1:] != masks[:-1]).sum())
+    assert changes == masks.unique().numel() - 1, "rows with one mask must form one run"
+
+
+def _torch_max_pool(x: torch.Tensor, nbr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = nbr.long()
+    window = x.double()[idx.clamp(min=0)].masked_fill((idx < 0).unsqueeze(-1), float("-inf"))
+    best, arg = window.max(dim=1)
+    return best, idx.gather(1, arg)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("c", [1, 5, 70])
+def test_max_pool_kernels(dtype, c):
+    """Window max and arg-max rows, then the gradient added to the arg-max rows (overlapping windows too)."""
+    n_in, n_out, kvol = 120, 80, 8
+    nbr = _random_table(n_out, n_in, kvol, 0.4)
+    nbr[:, 3] = torch.randperm(n_in, device=DEV)[:n_out].to(torch.int32)  # every window has an input
+    x = torch.randn(n_in, c, device=DEV).to(dtype)
+    y, src = max_pool_forward(x, nbr)
+    best, arg = _torch_max_pool(x, nbr)
+    assert torch.equal(y.double(), best)
+    assert torch.equal(x.double().gather(0, src.long()), best), "the arg-max row must hold the max"
+    grad = torch.randn(n_out, c, device=DEV).to(dtype)
+    dx = max_pool_backward(grad, src, n_in)
+    want = torch.zeros(n_in, c, dtype=torch.float64, device=DEV).scatter_add_(0, arg, grad.double())
+    assert dx.dtype == dtype
+    torch.testing.assert_close(dx.double(), want, rtol=1e-3 if dtype == torch.float16 else 1e-6, atol=1e-3)
+
+
+def test_max_pool_kernel_row_without_inputs():
+    """A row whose window is empty gets 0 and no arg-max row, and sends no gradient."""
+    nbr = torch.tensor([[-1, -1], [0, 1]], dtype=torch.int32, device=DEV)
+    x = torch.tensor([[1.0], [3.0]], device=DEV)
+    y, src = max_pool_forward(x, nbr)
+    assert y.flatten().tolist() == [0.0, 3.0] and src.flatten().tolist() == [-1, 1]
+    dx = max_pool_backward(torch.tensor([[5.0], [7.0]], device=DEV), src, 2)
+    assert dx.flatten().tolist() == [0.0, 7.0]
