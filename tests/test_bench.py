@@ -3,6 +3,7 @@
 CPU: explicit algorithm only, in a temporary output directory. GPU (``gpu`` marker): AUTO and, when
 importable, spconv, whose outputs must agree with warpsparse's on the same voxels and weights.
 """
+import importlib.util
 import json
 import math
 
@@ -76,7 +77,9 @@ def test_entry_point_tiny_cpu(tmp_path, monkeypatch):
     assert "## Where the time goes" in md
     assert md.count("| spconv_net | scan @ 3.2 m | fp32 |") == 2
     plots = data.get("plots", [])
-    assert "regret.png" in plots and all((out / p).stat().st_size > 0 for p in plots)
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert "regret.png" in plots
+    assert all((out / p).stat().st_size > 0 for p in plots)
 
 
 def test_output_difference_aligns_sites():

@@ -19,6 +19,7 @@ import triton.language as tl
 
 from warpsparse.coords.coord_set import CoordSet
 from warpsparse.coords.keys import key_radix
+from warpsparse.triton_launch import fast_launch
 
 EMPTY = -1
 MAX_LOAD = 0.5
@@ -75,6 +76,7 @@ def find_keys(slots_ptr, key, todo, shift, hmask):
     return value
 
 
+@fast_launch
 @triton.jit
 def _insert_kernel(slots_ptr, src_ptr, n, shift, hmask, s0, s1, s2, FROM_COORDS: tl.constexpr,
                    BLOCK: tl.constexpr):
@@ -93,6 +95,7 @@ def _insert_kernel(slots_ptr, src_ptr, n, shift, hmask, s0, s1, s2, FROM_COORDS:
     tl.store(slots_ptr + 2 * slot + 1, rows.to(tl.int64), mask=placed)
 
 
+@fast_launch
 @triton.jit
 def _lookup_kernel(slots_ptr, keys_ptr, out_ptr, n, shift, hmask, BLOCK: tl.constexpr):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)

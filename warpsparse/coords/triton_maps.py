@@ -25,6 +25,7 @@ from warpsparse.coords.geometry import ConvGeometry, Triple
 from warpsparse.coords.keys import key_radix
 from warpsparse.coords.triton_hash import (CACHE_KEY, HashTable, Launch, coord_table, find_keys, insert_keys,
                                            pack_key, require_runnable)
+from warpsparse.triton_launch import fast_launch
 
 MAP = Launch(512, 4)  # lanes = output rows x padded offsets per program of the map and row-mask kernels
 DISCOVER = Launch(256, 4)  # (input, kernel position) lanes per program of the output discovery
@@ -77,6 +78,7 @@ def _row_bits(found, k, KV: tl.constexpr):
     return bits
 
 
+@fast_launch
 @triton.jit
 def _map_kernel(nbr_ptr, mask_ptr, out_ptr, n_out, slots_ptr, shift, hmask, in0, in1, in2,
                 lim0, lim1, lim2, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
@@ -103,6 +105,7 @@ def _map_kernel(nbr_ptr, mask_ptr, out_ptr, n_out, slots_ptr, shift, hmask, in0,
     tl.store(mask_ptr + rows, _row_bits(src >= 0, k, KV), mask=live)
 
 
+@fast_launch
 @triton.jit
 def _discover_kernel(coords_ptr, n_lanes, slots_ptr, shift, hmask, keys_ptr, kslots_ptr, kcoords_ptr, count_ptr,
                      lim0, lim1, lim2, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
@@ -141,6 +144,7 @@ def _discover_kernel(coords_ptr, n_lanes, slots_ptr, shift, hmask, keys_ptr, ksl
     tl.store(kcoords_ptr + 4 * pos + 3, y2, mask=placed)
 
 
+@fast_launch
 @triton.jit
 def _number_kernel(perm_ptr, kslots_ptr, kcoords_ptr, slots_ptr, coords_ptr, count_ptr, BLOCK: tl.constexpr):
     """Output ``j`` = the ``j``-th smallest key (compact entry ``perm[j]``): store ``j`` as its table value and
@@ -153,6 +157,7 @@ def _number_kernel(perm_ptr, kslots_ptr, kcoords_ptr, slots_ptr, coords_ptr, cou
         tl.store(coords_ptr + 4 * j + c, tl.load(kcoords_ptr + 4 * src + c, mask=live, other=0), mask=live)
 
 
+@fast_launch
 @triton.jit
 def _row_mask_kernel(nbr_ptr, mask_ptr, n, KV: tl.constexpr, ROWS: tl.constexpr, KP: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -163,6 +168,7 @@ def _row_mask_kernel(nbr_ptr, mask_ptr, n, KV: tl.constexpr, ROWS: tl.constexpr,
     tl.store(mask_ptr + rows, _row_bits(v >= 0, k, KV), mask=live)
 
 
+@fast_launch
 @triton.jit
 def _reverse_kernel(nbr_ptr, rev_ptr, n, KV: tl.constexpr, BLOCK: tl.constexpr):
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)

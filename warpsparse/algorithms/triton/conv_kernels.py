@@ -11,6 +11,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from warpsparse.triton_launch import fast_launch
+
 
 @triton.jit
 def mac(acc, a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
@@ -36,6 +38,7 @@ def store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, SORT
     tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
+@fast_launch
 @triton.jit
 def propagate_gather_kernel(
         x_ptr, w_ptr, y_ptr, sources_ptr, order_ptr, count_ptr, active_ptr,
@@ -70,6 +73,7 @@ def propagate_gather_kernel(
     store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, SORTED)
 
 
+@fast_launch
 @triton.jit
 def propagate_packed_kernel(
         x_ptr, w_ptr, y_ptr, nbr_ptr, n_rows, c_red, c_n, kvol, stride_x, stride_wk, stride_wr, stride_wn,
@@ -99,6 +103,7 @@ def propagate_packed_kernel(
     store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, y_ptr, stride_y, False)
 
 
+@fast_launch
 @triton.jit
 def wgrad_pairs_kernel(
         x_ptr, dy_ptr, out_ptr, in_idx_ptr, out_idx_ptr, start_ptr, stop_ptr, offset_ptr,
@@ -133,6 +138,7 @@ def wgrad_pairs_kernel(
         tl.store(out_ptr + chunk.to(tl.int64) * tile + within, acc, mask=ok)
 
 
+@fast_launch
 @triton.jit
 def wgrad_packed_kernel(
         x_ptr, dy_ptr, out_ptr, nbr_ptr, n_rows, rows_per_split, c_in, c_out, kvol, stride_x, stride_dy,
@@ -165,3 +171,45 @@ def wgrad_packed_kernel(
         tl.atomic_add(out_ptr + within, acc, mask=ok)
     else:
         tl.store(out_ptr + split.to(tl.int64) * tile + within, acc, mask=ok)
+
+
+@fast_launch
+@triton.jit
+def wgrad_rows_kernel(
+        x_ptr, dy_ptr, out_ptr, nbr_ptr, order_ptr, n_rows, rows_per_split, c_in, c_out, kvol, stride_x,
+        stride_dy, SORTED: tl.constexpr, ATOMIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """Offset ``k``, split ``s``: ``sum_o x[nbr[o, k]]^T dy[o]`` over the split's table rows (mask-sorted
+    when ``SORTED``), skipping steps where no row uses ``k``; a tile of ``dW[k]`` into ``out[s]`` (workspace)
+    or atomically into ``out``. Needs no pair list."""
+    k = tl.program_id(0)
+    split = tl.program_id(1)
+    tiles_n = tl.cdiv(c_out, BLOCK_N)
+    ci = (tl.program_id(2) // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+    co = (tl.program_id(2) % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ci_ok = ci < c_in
+    co_ok = co < c_out
+    lo = split * rows_per_split
+    hi = tl.minimum(lo + rows_per_split, n_rows)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for r0 in range(lo, hi, BLOCK_K):
+        r = r0 + tl.arange(0, BLOCK_K)
+        r_ok = r < hi
+        if SORTED:
+            o = tl.load(order_ptr + r, mask=r_ok, other=0).to(tl.int64)
+        else:
+            o = r.to(tl.int64)
+        src = tl.load(nbr_ptr + o * kvol + k, mask=r_ok, other=-1)
+        if tl.max(src, axis=0) >= 0:
+            used = src >= 0
+            xt = tl.load(x_ptr + src.to(tl.int64)[None, :] * stride_x + ci[:, None],
+                         mask=used[None, :] & ci_ok[:, None], other=0.0)
+            g = tl.load(dy_ptr + o[:, None] * stride_dy + co[None, :], mask=used[:, None] & co_ok[None, :],
+                        other=0.0)
+            acc = mac(acc, xt, g, USE_DOT, PRECISION, UPCAST)
+    within = (k * c_in + ci[:, None]) * c_out + co[None, :]
+    ok = ci_ok[:, None] & co_ok[None, :]
+    if ATOMIC:
+        tl.atomic_add(out_ptr + within, acc, mask=ok)
+    else:
+        tl.store(out_ptr + split.to(tl.int64) * kvol * c_in * c_out + within, acc, mask=ok)

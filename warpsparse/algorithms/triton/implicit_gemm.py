@@ -106,35 +106,44 @@ def _wgrad_default(sig: Signature) -> dict[str, Any]:
     sms = device_limits(sig.device_type)[0]
     chunks = chunk_lengths(sig.n_out if packed else sig.num_pairs, tiles, block_k, sms)
     chunk = chunks[0] if sig.dtype.itemsize == 2 else chunks[-1]  # fp32's slower tiles like shorter chunks
-    return {"mode": "packed" if packed else "pairs", "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
-            "num_warps": _warps(block_m, block_n), "num_stages": 2, "chunk": chunk, "deterministic": True}
+    return {"mode": "packed" if packed else "pairs", "sorted": False, "BLOCK_M": block_m, "BLOCK_N": block_n,
+            "BLOCK_K": block_k, "num_warps": _warps(block_m, block_n), "num_stages": 2, "chunk": chunk,
+            "deterministic": True}
 
 
 def _wgrad_points(sig: Signature) -> Iterator[dict[str, Any]]:
     sms = device_limits(sig.device_type)[0]
     modes = {"deterministic": (True, False) if not torch.are_deterministic_algorithms_enabled() else (True,)}
     block_k = 64 if sig.dtype.itemsize == 2 else 32
+    kvol = sig.kernel_volume
     for block_m, block_n in _wgrad_tiles(sig):
+        if not _fits(sig, block_m, block_n, block_k, 2):
+            continue
+        point = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": _warps(block_m, block_n),
+                 "num_stages": 2}
         count = cdiv(sig.c_in, block_m) * cdiv(sig.c_out, block_n)
         for chunk in chunk_lengths(sig.num_pairs, count, block_k, sms):
-            workspace = (sig.num_pairs // chunk + sig.kernel_volume) * sig.c_in * sig.c_out * 4
+            workspace = (sig.num_pairs // chunk + kvol) * sig.c_in * sig.c_out * 4
             for deterministic in modes["deterministic"]:
-                if (deterministic and workspace > WORKSPACE_LIMIT) or not _fits(sig, block_m, block_n, block_k, 2):
-                    continue
-                yield {"mode": "pairs", "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
-                       "num_warps": _warps(block_m, block_n), "num_stages": 2, "chunk": chunk,
-                       "deterministic": deterministic}
+                if not (deterministic and workspace > WORKSPACE_LIMIT):
+                    yield {"mode": "pairs", "sorted": False, **point, "chunk": chunk, "deterministic": deterministic}
+        # rows mode: every offset walks the mask-sorted output rows, so it needs no pair list
+        chunk = chunk_lengths(sig.n_out, count * kvol, block_k, sms)[0]
+        workspace = cdiv(sig.n_out, chunk) * kvol * sig.c_in * sig.c_out * 4
+        for deterministic in modes["deterministic"]:
+            if not (deterministic and workspace > WORKSPACE_LIMIT):
+                yield {"mode": "rows", "sorted": True, **point, "chunk": chunk, "deterministic": deterministic}
     if sig.c_in < PACKED_BELOW:
-        packed_rows = sig.kernel_volume * sig.c_in
+        packed_rows = kvol * sig.c_in
         for block_n in _reduction_tiles(sig.c_out):
             for block_m in (64, 128) if packed_rows > 64 else (64,):
                 count = cdiv(packed_rows, block_m) * cdiv(sig.c_out, block_n)
                 for chunk in chunk_lengths(sig.n_out, count, block_k, sms):
                     for deterministic in modes["deterministic"]:
                         if _fits(sig, block_m, block_n, block_k, 2):
-                            yield {"mode": "packed", "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
-                                   "num_warps": _warps(block_m, block_n), "num_stages": 2, "chunk": chunk,
-                                   "deterministic": deterministic}
+                            yield {"mode": "packed", "sorted": False, "BLOCK_M": block_m, "BLOCK_N": block_n,
+                                   "BLOCK_K": block_k, "num_warps": _warps(block_m, block_n), "num_stages": 2,
+                                   "chunk": chunk, "deterministic": deterministic}
 
 
 # Rough rates of an H100-class GPU; the estimate only orders (and prunes) points relative to each other.
@@ -159,10 +168,15 @@ def estimate_seconds(sig: Signature, p: Params) -> float:
     block_m, block_n, block_k, kvol = p["BLOCK_M"], p["BLOCK_N"], p["BLOCK_K"], sig.kernel_volume
     extra = 0.0
     if sig.op == Op.CONV_WGRAD:
-        packed = p["mode"] == "packed"
-        rows, work = (kvol * sig.c_in, sig.n_out) if packed else (sig.c_in, sig.num_pairs)
+        mode = p["mode"]
+        if mode == "packed":
+            rows, work, chunks = kvol * sig.c_in, sig.n_out, cdiv(sig.n_out, p["chunk"])
+        elif mode == "rows":  # the rows of a step that no row uses are skipped
+            rows, work, chunks = sig.c_in, int(sig.num_pairs / _FILL[bool(p["sorted"])]), \
+                kvol * cdiv(sig.n_out, p["chunk"])
+        else:
+            rows, work, chunks = sig.c_in, sig.num_pairs, cdiv(sig.num_pairs, p["chunk"]) + kvol
         tiles = cdiv(rows, block_m) * cdiv(sig.c_out, block_n)
-        chunks = cdiv(work, p["chunk"]) + (0 if packed else kvol)
         macs = work * _pad(rows, block_m) * _pad(sig.c_out, block_n)
         loads = work * (rows * cdiv(sig.c_out, block_n) + sig.c_out * cdiv(rows, block_m)) * size
         programs = chunks * tiles
@@ -223,24 +237,30 @@ def weight_grad(x: torch.Tensor, dy: torch.Tensor, kmap: KernelMap, params: Para
     common = dict(ATOMIC=atomic, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                   USE_DOT=min(block_m, block_n, block_k) >= 16, PRECISION=dot_precision(x), UPCAST=upcast_dots(x),
                   num_warps=params["num_warps"], num_stages=params["num_stages"])
-    if params["mode"] == "packed":
-        splits = cdiv(kmap.num_out, chunk)
-        groups = 1
-        partial_shape: tuple[int, ...] = (splits, kvol * c_in * c_out)
-        bounds = split_bounds(kmap, splits)
-    else:
+    mode = params["mode"]
+    if mode == "pairs":
         chunks = pair_chunks(kmap, chunk)
         groups = kvol
-        partial_shape = (chunks.num_chunks, c_in * c_out)
+        partial_shape: tuple[int, ...] = (chunks.num_chunks, c_in * c_out)
         bounds = chunks.bounds
+    else:  # packed, rows: splits of the output rows
+        splits = cdiv(kmap.num_out, chunk)
+        groups = 1
+        partial_shape = (splits, kvol * c_in * c_out)
+        bounds = split_bounds(kmap, splits)
     if atomic:
         target = torch.zeros(shape, dtype=torch.float32, device=x.device)
     else:
         target = torch.empty(partial_shape, dtype=torch.float32, device=x.device)
-    if params["mode"] == "packed":
+    if mode == "packed":
         grid = (cdiv(kvol * c_in, block_m), cdiv(c_out, block_n), splits)
         K.wgrad_packed_kernel[grid](x, dy, target, kmap.nbr.contiguous(), kmap.num_out, chunk, c_in, c_out, kvol,
                                     x.stride(0), dy.stride(0), **common)
+    elif mode == "rows":
+        order = kmap.sorted_order if params["sorted"] else kmap.nbr
+        grid = (kvol, splits, cdiv(c_in, block_m) * cdiv(c_out, block_n))
+        K.wgrad_rows_kernel[grid](x, dy, target, kmap.nbr.contiguous(), order, kmap.num_out, chunk, c_in, c_out,
+                                  kvol, x.stride(0), dy.stride(0), SORTED=params["sorted"], **common)
     else:
         grid = (chunks.num_chunks, cdiv(c_in, block_m), cdiv(c_out, block_n))
         K.wgrad_pairs_kernel[grid](x, dy, target, *pair_indices(kmap), chunks.start, chunks.stop,

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from warpsparse.coords.kernel_map import KernelMap
+from warpsparse.triton_launch import fast_launch
 
 _CACHE: "weakref.WeakKeyDictionary[KernelMap, dict[Any, Any]]" = weakref.WeakKeyDictionary()
 
@@ -44,6 +45,7 @@ class BlockOffsets:
     sources: torch.Tensor  # [blocks, K, block_m] int32
 
 
+@fast_launch
 @triton.jit
 def _block_offsets_kernel(nbr_ptr, order_ptr, count_ptr, active_ptr, sources_ptr, n, KV: tl.constexpr,
                           SORTED: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr):

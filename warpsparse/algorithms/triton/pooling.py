@@ -7,10 +7,12 @@ import triton
 import triton.language as tl
 
 from warpsparse.algorithms.triton.common import cdiv
+from warpsparse.triton_launch import fast_launch
 
 BLOCK_M = 64
 
 
+@fast_launch
 @triton.jit
 def _max_pool_kernel(x_ptr, nbr_ptr, y_ptr, src_ptr, n, c, kvol, stride_x, BLOCK_M: tl.constexpr,
                      BLOCK_C: tl.constexpr):
@@ -34,6 +36,7 @@ def _max_pool_kernel(x_ptr, nbr_ptr, y_ptr, src_ptr, n, c, kvol, stride_x, BLOCK
     tl.store(src_ptr + offs, arg, mask=ok)
 
 
+@fast_launch
 @triton.jit
 def _scatter_rows_kernel(g_ptr, src_ptr, dx_ptr, n, c, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)

@@ -1,0 +1,88 @@
+"""`FastLaunch`: a compiled kernel is reused only for arguments Triton would specialize the same way."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from warpsparse.triton_launch import FastLaunch, fast_launch
+
+
+class _Compiled:
+    packed_metadata = object()
+
+    def __init__(self, log: list) -> None:
+        self.log = log
+
+    def __getitem__(self, grid: tuple[int, ...]) -> Any:
+        return lambda *args: self.log.append(("fast", grid, args))
+
+
+class _Jitted:
+    """Stands in for a ``@triton.jit`` function: every launch through it counts as Triton's own path."""
+
+    arg_names = ["x_ptr", "n", "B"]
+    params = [SimpleNamespace(is_constexpr=False), SimpleNamespace(is_constexpr=False),
+              SimpleNamespace(is_constexpr=True)]
+
+    def __init__(self) -> None:
+        self.log: list = []
+
+    def __getitem__(self, grid: tuple[int, ...]) -> Any:
+        def run(*args: Any, **kwargs: Any) -> _Compiled:
+            self.log.append(("triton", grid, args, kwargs))
+            return _Compiled(self.log)
+        return run
+
+
+@pytest.fixture
+def kernel(monkeypatch: pytest.MonkeyPatch) -> FastLaunch:
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    return FastLaunch(_Jitted())
+
+
+def _paths(k: FastLaunch) -> list[str]:
+    return [entry[0] for entry in k.fn.log]
+
+
+def test_reuses_compiled_kernel_for_same_specialization(kernel):
+    x = torch.zeros(64, dtype=torch.float16)
+    kernel[(4,)](x, 100, B=32, num_warps=4)
+    kernel[(5, 2)](x, 200, B=32, num_warps=4)
+    assert _paths(kernel) == ["triton", "fast"]
+    assert kernel.fn.log[1] == ("fast", (5, 2, 1), (x, 200, 32)), "full arguments in order, 3D grid"
+
+
+@pytest.mark.parametrize("first, second", [
+    ((0, 100, 32, 4), (1, 100, 32, 4)),  # 16-byte aligned pointer vs offset by 2 bytes
+    ((0, 100, 32, 4), (0, 1, 32, 4)),  # an int equal to 1
+    ((0, 100, 32, 4), (0, 96, 32, 4)),  # a multiple of 16
+    ((0, 100, 32, 4), (0, 2**31 + 1, 32, 4)),  # a 64-bit int
+    ((0, 100, 32, 4), (0, 100, 64, 4)),  # another constexpr value
+    ((0, 100, 32, 4), (0, 100, 32, 8)),  # another launch option
+])
+def test_distinct_specializations_go_through_triton(kernel, first, second):
+    base = torch.zeros(64, dtype=torch.float16)
+    for offset, n, block, warps in (first, second):
+        kernel[(1,)](base[offset:], n, B=block, num_warps=warps)
+    assert _paths(kernel) == ["triton", "triton"]
+
+
+def test_dtype_and_values_in_one_class_share(kernel):
+    kernel[(1,)](torch.zeros(8), 3, B=1)
+    kernel[(1,)](torch.zeros(16), 5, B=1)
+    kernel[(1,)](torch.zeros(8, dtype=torch.float64), 5, B=1)
+    assert _paths(kernel) == ["triton", "fast", "triton"]
+
+
+def test_parameter_left_to_default_always_binds_in_triton(kernel):
+    kernel[(1,)](torch.zeros(8), 3)
+    kernel[(1,)](torch.zeros(8), 3)
+    assert _paths(kernel) == ["triton", "triton"]
+
+
+def test_interpreted_kernels_are_left_alone():
+    interpreted = type("InterpretedFunction", (), {})()
+    assert fast_launch(interpreted) is interpreted

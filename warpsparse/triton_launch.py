@@ -1,0 +1,67 @@
+"""Cheap repeated launches of Triton kernels.
+
+``kernel[grid](...)`` of a ``@triton.jit`` function binds and specializes every argument in Python before it
+looks up the compiled kernel (tens of microseconds per launch). :func:`fast_launch` wraps a kernel so that
+a launch looks up the compiled kernel under a key at least as fine as Triton's own specialization (each
+constexpr value; per tensor its dtype and 16-byte alignment; per int whether it is 1, a multiple of 16 and
+its width; the launch options and the device) and launches it directly. The first launch of every key goes
+through Triton's own path, which compiles and returns the kernel to remember.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Hashable
+
+import torch
+
+_INT32 = range(-2**31, 2**31)
+
+
+def _spec(value: Any, constexpr: bool) -> Hashable:
+    """What Triton may specialize a kernel on for one argument (finer is safe, coarser would not be)."""
+    if constexpr:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.dtype, value.data_ptr() % 16 == 0
+    if isinstance(value, bool):
+        return bool
+    if isinstance(value, int):
+        return int, value == 1, value % 16 == 0, value in _INT32, value < 2**63
+    if isinstance(value, float):
+        return float
+    return type(value), value
+
+
+class FastLaunch:
+    """A jitted kernel whose launches skip Triton's per-call argument binding once compiled."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.arg_names: tuple[str, ...] = tuple(fn.arg_names)
+        self.constexpr: tuple[bool, ...] = tuple(bool(p.is_constexpr) for p in fn.params)
+        self.compiled: dict[Hashable, Any] = {}
+
+    def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., Any]:
+        return lambda *args, **kwargs: self.launch(grid, args, kwargs)
+
+    def launch(self, grid: tuple[int, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            full = [*args, *(kwargs[name] for name in self.arg_names[len(args):])]
+        except KeyError:  # a parameter left to its default: Triton binds it
+            return self.fn[grid](*args, **kwargs)
+        options = tuple((k, v) for k, v in kwargs.items() if k not in self.arg_names)
+        key = (torch.cuda.current_device(), options, *map(_spec, full, self.constexpr))
+        kernel = self.compiled.get(key)
+        if kernel is None:
+            kernel = self.fn[grid](*args, **kwargs)
+            if hasattr(kernel, "packed_metadata"):  # a compiled kernel (not a pending compilation)
+                self.compiled[key] = kernel
+            return kernel
+        kernel[(*grid, 1, 1)[:3]](*full)
+        return kernel
+
+
+def fast_launch(fn: Any) -> Any:
+    """``fn`` wrapped in :class:`FastLaunch`; interpreted kernels (``TRITON_INTERPRET=1``) are returned as is."""
+    if type(fn).__name__ == "InterpretedFunction":
+        return fn
+    return FastLaunch(fn)
