@@ -118,6 +118,7 @@ def check_same(km_t: KernelMap, out_t: CoordSet, km_x: KernelMap, out_x: CoordSe
     assert (km_x.num_in, km_x.kernel_size, km_x.stride, km_x.kind, km_x.symmetric) == \
         (km_t.num_in, km_t.kernel_size, km_t.stride, km_t.kind, km_t.symmetric)
     assert torch.equal(km_x.mask.cpu(), mask_oracle(km_t.nbr))
+    assert km_x._pair_count is not None and km_x.num_pairs == km_t.num_pairs == int((km_t.nbr >= 0).sum())
     assert torch.equal(km_x.sorted_order.long(), torch.argsort(km_x.mask, stable=True))
     assert torch.equal(km_x.reversed().nbr, reverse_oracle(km_t.nbr, km_t.num_in))
     assert torch.equal(km_t.reversed().nbr, km_x.reversed().nbr)

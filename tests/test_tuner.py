@@ -336,3 +336,25 @@ def test_half_precision_reference_is_upcast_so_accurate_kernels_win(monkeypatch)
     status = {c.algorithm: c.status for c in _entry().candidates}
     assert status["implicit_gemm"] == "ok"
     assert status["explicit_gemm"] == "failed", "the fp16 explicit run is checked against the fp32 reference too"
+
+
+def test_per_map_setup_cost_counts_in_the_choice(monkeypatch):
+    """A point whose kernel is a little faster but needs a layout built for every fresh map loses to one that
+    does not; the cache file records both costs and the same winner."""
+
+    class NeedsPairs(Fake):
+        def setup_ms(self, sig, params):
+            return 50.0 if params["pairs"] else 0.0
+
+    fake = NeedsPairs("explicit_gemm", cost_ms=lambda p: 5 if p["pairs"] else 20, space={"pairs": (True, False)})
+    use_registry(monkeypatch, fake)
+    kmap = random_map()
+    a, b = operands(Op.CONV_FWD, kmap)
+    dispatch(Op.CONV_FWD, a, b, kmap, "explicit_gemm")
+    assert fake.calls[-1] == {"pairs": False}
+    entry = _entry()
+    assert entry.winner.params == {"pairs": False}
+    setups = {c.params["pairs"]: c.setup_ms for c in entry.candidates}
+    assert setups == {True: 50.0, False: 0.0}
+    timed = {c.params["pairs"]: c.median_ms for c in entry.candidates}
+    assert timed[True] < timed[False], "the pair-list point's kernel is the faster one"

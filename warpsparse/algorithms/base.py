@@ -88,6 +88,10 @@ class Signature:
 
 Params = Mapping[str, Any]
 
+#: Host time (ms) that the per-offset pair list costs a fresh kernel map (about 0.2 ms on an H100 host),
+#: shared by the two convolutions of a typical block that reuse the map.
+PAIR_LIST_MS = 0.1
+
 
 @dataclass(frozen=True)
 class ParamSpace:
@@ -131,6 +135,11 @@ class Algorithm(ABC):
     def estimate_cost(self, sig: Signature, params: Params) -> float | None:
         """Optional relative cost estimate used to prune hopeless points (lower is better)."""
         return None
+
+    def setup_ms(self, sig: Signature, params: Params) -> float:
+        """Host time (ms) a fresh kernel map costs this point for layouts no forward pass builds anyway; the
+        tuner adds it to the measured time, since maps are rebuilt for every new input."""
+        return 0.0
 
     @abstractmethod
     def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: "KernelMap") -> torch.Tensor:

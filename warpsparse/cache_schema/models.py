@@ -1,6 +1,8 @@
 """Pydantic models of the persistent tuning cache (a versioned, human-readable JSON document)."""
 from __future__ import annotations
 
+import math
+
 import hashlib
 import json
 from datetime import datetime
@@ -62,6 +64,12 @@ class CandidateResult(_Frozen):
     status: Status
     median_ms: Optional[float] = None
     error: Optional[str] = None
+    setup_ms: float = 0.0  # host time a fresh kernel map adds (layouts only this point needs)
+
+    @property
+    def score_ms(self) -> float:
+        """What the tuner minimises: the measured time plus the per-map setup (``inf`` without a time)."""
+        return math.inf if self.median_ms is None else self.median_ms + self.setup_ms
 
     @model_validator(mode="after")
     def _consistent(self) -> "CandidateResult":
@@ -133,9 +141,9 @@ def candidate_ident(algorithm: str, params: dict[str, JsonValue]) -> str:
 
 
 def best_of(candidates: list[CandidateResult]) -> Winner | None:
-    """The fastest ``ok`` candidate (ties broken by identity, so the choice is deterministic)."""
+    """The ``ok`` candidate of the lowest score (ties broken by identity, so the choice is deterministic)."""
     ok = [c for c in candidates if c.status == "ok"]
     if not ok:
         return None
-    best = min(ok, key=lambda c: (c.median_ms, c.ident))
+    best = min(ok, key=lambda c: (c.score_ms, c.ident))
     return Winner(algorithm=best.algorithm, params=best.params, median_ms=best.median_ms)

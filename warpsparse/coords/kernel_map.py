@@ -44,7 +44,8 @@ class KernelMap:
 
     ``kind`` names the geometry (``"subm"``, ``"conv"``, ``"transposed"``, ...); ``symmetric`` marks maps
     whose reverse is the forward table with offsets mirrored (submanifold maps with centred kernels).
-    A builder that computed the row masks on the way passes them as ``_mask``. On CUDA the layouts are built
+    A builder that computed the row masks or the pair count on the way passes them as ``_mask`` and
+    ``_pair_count`` (a device tensor). On CUDA the layouts are built
     by Triton kernels without host reads (except :attr:`pairs`, which reads its counts once).
     """
 
@@ -57,6 +58,7 @@ class KernelMap:
     _mirror: bool = False  # the reverse of a symmetric map: rows group by mask exactly as the source's rows
     _reverse: "KernelMap | None" = field(default=None, repr=False)
     _mask: torch.Tensor | None = field(default=None, repr=False)
+    _pair_count: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.nbr.dim() != 2 or self.nbr.dtype != torch.int32:
@@ -98,6 +100,8 @@ class KernelMap:
         """Total pairs (one host read per map, shared with :attr:`pairs` when built)."""
         if "pairs" in self.__dict__:
             return int(self.pairs.in_idx.numel())
+        if self._pair_count is not None:
+            return int(self._pair_count)
         return int((self.nbr >= 0).sum())
 
     def reversed(self) -> "KernelMap":

@@ -22,10 +22,10 @@ def build_kernel_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple, out: 
     """
     if builder is None:
         builder = "triton" if src.device.type == "cuda" else "torch"
-    mask = None
+    mask = count = None
     if builder == "triton":
         from warpsparse.coords.triton_maps import build_kernel_map_triton  # Triton only where it is used
-        nbr, mask, out = build_kernel_map_triton(src, geom, out_shape, out)
+        nbr, mask, count, out = build_kernel_map_triton(src, geom, out_shape, out)
     elif builder == "torch":
         nbr, out_coords = build_kernel_map_torch(src.coords, src.batch_size, geom, out_shape,
                                                  None if out is None else out.coords)
@@ -35,5 +35,5 @@ def build_kernel_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple, out: 
         raise ValueError(f"builder must be 'torch', 'triton' or None, got {builder!r}")
     symmetric = geom.centred_symmetric and out is src
     kmap = KernelMap(nbr, src.num_points, geom.kernel_size, kind=kind, stride=geom.stride, symmetric=symmetric,
-                     _mask=mask)
+                     _mask=mask, _pair_count=count)
     return kmap, out

@@ -80,12 +80,13 @@ def _row_bits(found, k, KV: tl.constexpr):
 
 @fast_launch
 @triton.jit
-def _map_kernel(nbr_ptr, mask_ptr, out_ptr, n_out, slots_ptr, shift, hmask, in0, in1, in2,
+def _map_kernel(nbr_ptr, mask_ptr, count_ptr, out_ptr, n_out, slots_ptr, shift, hmask, in0, in1, in2,
                 lim0, lim1, lim2, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
                 S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
                 D2: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, MULTIPLY: tl.constexpr,
                 ROWS: tl.constexpr, KP: tl.constexpr):
-    """``nbr[o, k]`` = the input row at the position output ``o`` reads through offset ``k``, and row masks."""
+    """``nbr[o, k]`` = the input row at the position output ``o`` reads through offset ``k``, row masks, and the
+    pairs counted into ``count``."""
     KV: tl.constexpr = K0 * K1 * K2
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     live = rows < n_out
@@ -103,6 +104,7 @@ def _map_kernel(nbr_ptr, mask_ptr, out_ptr, n_out, slots_ptr, shift, hmask, in0,
     dst = rows.to(tl.int64)[:, None] * KV + k[None, :]
     tl.store(nbr_ptr + dst, src.to(tl.int32), mask=live[:, None] & (k < KV)[None, :])
     tl.store(mask_ptr + rows, _row_bits(src >= 0, k, KV), mask=live)
+    tl.atomic_add(count_ptr, tl.sum(tl.sum((src >= 0).to(tl.int64), axis=1), axis=0))
 
 
 @fast_launch
@@ -246,8 +248,10 @@ def _map_rows(kv: int, device: torch.device) -> tuple[int, int]:
     return kp, max(1, MAP.lanes_on(device) // kp)
 
 
-def fill_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple, out: CoordSet) -> tuple[torch.Tensor, torch.Tensor]:
-    """``nbr[N_out, K]`` (int32) and the row masks (int64) of ``geom`` from ``src`` to the sites of ``out``.
+def fill_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple,
+             out: CoordSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``nbr[N_out, K]`` (int32), the row masks (int64) and the pair count ([1] int64 on the device) of ``geom``
+    from ``src`` to the sites of ``out``.
 
     Outputs outside ``out_shape`` get no inputs. Queries ``src``'s table (built on first use); no host read.
     """
@@ -259,23 +263,24 @@ def fill_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple, out: CoordSet
     n_out = out.num_points
     nbr = torch.empty((n_out, kv), dtype=torch.int32, device=src.device)
     mask = torch.empty(n_out, dtype=torch.int64, device=src.device)
+    count = torch.zeros(1, dtype=torch.int64, device=src.device)
     if n_out:
         kp, rows = _map_rows(kv, src.device)
         _map_kernel[(triton.cdiv(n_out, rows),)](
-            nbr, mask, out.coords.contiguous(), n_out, table.slots, *table.probe_args, *src.spatial_shape,
+            nbr, mask, count, out.coords.contiguous(), n_out, table.slots, *table.probe_args, *src.spatial_shape,
             *out_shape, **_geometry_args(geom), MULTIPLY=not geom.transposed, ROWS=rows, KP=kp,
             num_warps=MAP.warps)
-    return nbr, mask
+    return nbr, mask, count
 
 
 def build_kernel_map_triton(src: CoordSet, geom: ConvGeometry, out_shape: Triple,
-                            out: CoordSet | None = None) -> tuple[torch.Tensor, torch.Tensor, CoordSet]:
-    """``(nbr, row masks, output set)``: the output sites are ``out`` or, when ``None``, discovered."""
+                            out: CoordSet | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, CoordSet]:
+    """``(nbr, row masks, pair count, output set)``: the output sites are ``out`` or, when ``None``, discovered."""
     coord_table(src)  # queued first, so that discovery's host read does not delay it
     if out is None:
         out = discover_outputs(src, geom, out_shape)
-    nbr, mask = fill_map(src, geom, out_shape, out)
-    return nbr, mask, out
+    nbr, mask, count = fill_map(src, geom, out_shape, out)
+    return nbr, mask, count, out
 
 
 def row_mask(nbr: torch.Tensor) -> torch.Tensor:

@@ -72,12 +72,21 @@ class Candidate:
     json_params: dict[str, Any]
     ident: str
     is_default: bool
+    setup_ms: float = 0.0
 
     @staticmethod
-    def of(algorithm: Algorithm, params: dict[str, Any], is_default: bool = False) -> "Candidate":
+    def of(algorithm: Algorithm, params: dict[str, Any], is_default: bool = False,
+           sig: Signature | None = None) -> "Candidate":
+        """The candidate ``params`` of ``algorithm``; with ``sig``, its per-map setup cost is asked for."""
         json_params = {k: _canonical(v) for k, v in sorted(params.items())}
+        setup = 0.0
+        if sig is not None:
+            try:
+                setup = float(algorithm.setup_ms(sig, params))
+            except Exception:  # noqa: BLE001 - a broken hint counts as none
+                setup = 0.0
         return Candidate(algorithm, dict(params), json_params, candidate_ident(algorithm.name, json_params),
-                         is_default)
+                         is_default, setup)
 
     @property
     def label(self) -> str:
@@ -86,16 +95,16 @@ class Candidate:
 
     def result(self, status: str, median_ms: float | None = None, error: str | None = None) -> CandidateResult:
         return CandidateResult(algorithm=self.algorithm.name, params=self.json_params, status=status,
-                               median_ms=median_ms, error=error)
+                               median_ms=median_ms, error=error, setup_ms=self.setup_ms)
 
 
 def candidates_for(algos: list[Algorithm], sig: Signature) -> list[Candidate]:
     """Every parameter point of every algorithm, each algorithm's default point first."""
     out: list[Candidate] = []
     for alg in algos:
-        default = Candidate.of(alg, alg.default_params(sig), is_default=True)
+        default = Candidate.of(alg, alg.default_params(sig), is_default=True, sig=sig)
         out.append(default)
-        out.extend(c for c in (Candidate.of(alg, p) for p in alg.param_space(sig).points())
+        out.extend(c for c in (Candidate.of(alg, p, sig=sig) for p in alg.param_space(sig).points())
                    if c.ident != default.ident)
     return out
 
@@ -296,7 +305,7 @@ def choose(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Signa
         _log_tuned(sig, everything, {**settled, **new}, new, (time.perf_counter() - start) * 1e3)
     results = {**settled, **new}
     ok = sorted((c for c in everything if results[c.ident].status == "ok"),
-                key=lambda c: (results[c.ident].median_ms, c.ident))
+                key=lambda c: (results[c.ident].median_ms + c.setup_ms, c.ident))
     if ok:
         return ok[0].algorithm, ok[0].params
     try:

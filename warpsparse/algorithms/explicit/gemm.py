@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from warpsparse.algorithms.base import CONV_OPS, Algorithm, Op, ParamSpace, Params, Signature
+from warpsparse.algorithms.base import CONV_OPS, PAIR_LIST_MS, Algorithm, Op, ParamSpace, Params, Signature
 from warpsparse.algorithms.explicit.common import accumulation_dtype, identity_offset, offset_ranges, split_offsets
 from warpsparse.coords.kernel_map import KernelMap
 
@@ -62,6 +62,9 @@ class ExplicitGemm(Algorithm):
 
     def default_params(self, sig: Signature) -> dict[str, float]:
         return {"batch_below": 0}
+
+    def setup_ms(self, sig: Signature, params: Params) -> float:
+        return PAIR_LIST_MS
 
     def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
         batch_below = float(params.get("batch_below", 0))

@@ -5,7 +5,7 @@ from typing import Any, Iterator
 
 import torch
 
-from warpsparse.algorithms.base import CONV_OPS, Algorithm, Op, ParamSpace, Params, Signature
+from warpsparse.algorithms.base import CONV_OPS, PAIR_LIST_MS, Algorithm, Op, ParamSpace, Params, Signature
 from warpsparse.algorithms.triton import conv_kernels as K
 from warpsparse.algorithms.triton.common import (cdiv, channel_tiles, chunk_lengths, device_limits,
                                                  dot_precision, explicit_space, pow2_at_least, rows, unsupported,
@@ -92,7 +92,8 @@ def _wgrad_tiles(sig: Signature) -> list[tuple[int, int]]:
 
 
 def _wgrad_default(sig: Signature) -> dict[str, Any]:
-    """The untuned point: deterministic, wide tiles, the chunking that won on an H100 for the dtype."""
+    """The untuned point: deterministic, wide tiles; few input channels pack offsets into the tile rows (with
+    the chunking that won on an H100 for the dtype), the others walk the mask-sorted rows."""
     packed = sig.c_in < 16
     block_k = 64 if sig.dtype.itemsize == 2 else 32
     if packed:
@@ -104,9 +105,9 @@ def _wgrad_default(sig: Signature) -> dict[str, Any]:
     rows = sig.kernel_volume * sig.c_in if packed else sig.c_in
     tiles = cdiv(rows, block_m) * cdiv(sig.c_out, block_n)
     sms = device_limits(sig.device_type)[0]
-    chunks = chunk_lengths(sig.n_out if packed else sig.num_pairs, tiles, block_k, sms)
-    chunk = chunks[0] if sig.dtype.itemsize == 2 else chunks[-1]  # fp32's slower tiles like shorter chunks
-    return {"mode": "packed" if packed else "pairs", "sorted": False, "BLOCK_M": block_m, "BLOCK_N": block_n,
+    chunks = chunk_lengths(sig.n_out, tiles * (1 if packed else sig.kernel_volume), block_k, sms)
+    chunk = chunks[-1] if packed and sig.dtype.itemsize == 4 else chunks[0]  # packed fp32 likes shorter chunks
+    return {"mode": "packed" if packed else "rows", "sorted": not packed, "BLOCK_M": block_m, "BLOCK_N": block_n,
             "BLOCK_K": block_k, "num_warps": _warps(block_m, block_n), "num_stages": 2, "chunk": chunk,
             "deterministic": True}
 
@@ -291,6 +292,9 @@ class TritonImplicitGemm(Algorithm):
 
     def estimate_cost(self, sig: Signature, params: Params) -> float | None:
         return estimate_seconds(sig, params)
+
+    def setup_ms(self, sig: Signature, params: Params) -> float:
+        return PAIR_LIST_MS if sig.op == Op.CONV_WGRAD and params["mode"] == "pairs" else 0.0
 
     def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
         if op == Op.CONV_FWD:
