@@ -86,3 +86,13 @@ def test_parameter_left_to_default_always_binds_in_triton(kernel):
 def test_interpreted_kernels_are_left_alone():
     interpreted = type("InterpretedFunction", (), {})()
     assert fast_launch(interpreted) is interpreted
+
+
+def test_parameters_and_none_arguments(kernel):
+    """A ``Parameter`` specializes like its tensor; ``None`` and floats by type only."""
+    weight = torch.nn.Parameter(torch.zeros(8))
+    kernel[(1,)](weight, 3, B=None)
+    kernel[(1,)](torch.zeros(8), 5, B=None)
+    kernel[(1,)](torch.zeros(8), 2.5, B=None)
+    kernel[(1,)](torch.zeros(8), 7.5, B=None)
+    assert _paths(kernel) == ["triton", "fast", "triton", "fast"]

@@ -16,18 +16,29 @@ import torch
 _INT32 = range(-2**31, 2**31)
 
 
+def _tensor_spec(value: torch.Tensor) -> Hashable:
+    return value.dtype, value.data_ptr() % 16 == 0
+
+
+def _int_spec(value: int) -> Hashable:
+    return int, value == 1, value % 16 == 0, value in _INT32, value < 2**63
+
+
+_BY_TYPE: dict[type, Callable[[Any], Hashable]] = {
+    torch.Tensor: _tensor_spec, torch.nn.Parameter: _tensor_spec, int: _int_spec,
+    bool: lambda value: bool, float: lambda value: float, type(None): lambda value: None,
+}
+
+
 def _spec(value: Any, constexpr: bool) -> Hashable:
     """What Triton may specialize a kernel on for one argument (finer is safe, coarser would not be)."""
     if constexpr:
         return value
+    by_type = _BY_TYPE.get(type(value))
+    if by_type is not None:
+        return by_type(value)
     if isinstance(value, torch.Tensor):
-        return value.dtype, value.data_ptr() % 16 == 0
-    if isinstance(value, bool):
-        return bool
-    if isinstance(value, int):
-        return int, value == 1, value % 16 == 0, value in _INT32, value < 2**63
-    if isinstance(value, float):
-        return float
+        return _tensor_spec(value)
     return type(value), value
 
 
