@@ -49,25 +49,40 @@ class FastLaunch:
         self.fn = fn
         self.arg_names: tuple[str, ...] = tuple(fn.arg_names)
         self.constexpr: tuple[bool, ...] = tuple(bool(p.is_constexpr) for p in fn.params)
+        # positional arguments up to here are all runtime ones (call sites pass constexprs by keyword)
+        self.runtime_prefix = self.constexpr.index(True) if True in self.constexpr else len(self.constexpr)
         self.compiled: dict[Hashable, Any] = {}
 
     def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., Any]:
         return lambda *args, **kwargs: self.launch(grid, args, kwargs)
 
+    def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
+        """Device, keyword values (constexprs and launch options) and the specialization of each positional
+        argument; positional constexprs count by value."""
+        key: list[Hashable] = [torch.cuda.current_device(), *kwargs.items()]
+        if len(args) > self.runtime_prefix:
+            key.extend(map(_spec, args, self.constexpr))
+            return tuple(key)
+        for value in args:
+            kind = type(value)
+            if kind is torch.Tensor or kind is torch.nn.Parameter:
+                key.append((value.dtype, value.data_ptr() % 16 == 0))
+            elif kind is int:
+                key.append((value == 1, value % 16 == 0, -2**31 <= value < 2**31, value < 2**63))
+            else:
+                key.append(_spec(value, False))
+        return tuple(key)
+
     def launch(self, grid: tuple[int, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        try:
-            full = [*args, *(kwargs[name] for name in self.arg_names[len(args):])]
-        except KeyError:  # a parameter left to its default: Triton binds it
-            return self.fn[grid](*args, **kwargs)
-        options = tuple((k, v) for k, v in kwargs.items() if k not in self.arg_names)
-        key = (torch.cuda.current_device(), options, *map(_spec, full, self.constexpr))
+        key = self._key(args, kwargs)
         kernel = self.compiled.get(key)
         if kernel is None:
-            kernel = self.fn[grid](*args, **kwargs)
-            if hasattr(kernel, "packed_metadata"):  # a compiled kernel (not a pending compilation)
+            kernel = self.fn[grid](*args, **kwargs)  # Triton's own path: binds, compiles if needed, launches
+            complete = all(name in kwargs for name in self.arg_names[len(args):])
+            if complete and hasattr(kernel, "packed_metadata"):  # a compiled kernel, not a pending compilation
                 self.compiled[key] = kernel
             return kernel
-        kernel[(*grid, 1, 1)[:3]](*full)
+        kernel[(*grid, 1, 1)[:3]](*args, *map(kwargs.__getitem__, self.arg_names[len(args):]))
         return kernel
 
 

@@ -1,6 +1,7 @@
 """Convolution geometry: argument normalisation, kernel offsets and output grid sizes."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,8 @@ Triple = tuple[int, int, int]
 
 def triple(value: int | tuple[int, ...] | list[int], name: str, minimum: int = 0) -> Triple:
     """Normalise an int or 3-sequence argument, with a clear error naming ``name``."""
+    if type(value) is int and value >= minimum:  # the common case, checked first
+        return value, value, value
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int or a tuple of 3 ints, got {value!r}")
     if isinstance(value, int):
@@ -67,6 +70,7 @@ class ConvGeometry:
                 and all(p == d * (k - 1) // 2 for k, p, d in zip(self.kernel_size, self.padding, self.dilation)))
 
 
+@functools.lru_cache(maxsize=256)
 def submanifold_geometry(kernel_size: Triple, dilation: Triple) -> ConvGeometry:
     """Geometry of a submanifold conv: odd kernel, same-padding; ``ValueError`` for even kernels."""
     if any(k % 2 == 0 for k in kernel_size):

@@ -1,6 +1,7 @@
 """The differentiable sparse convolution over a kernel map: one autograd Function for conv and depthwise."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -74,15 +75,20 @@ def conv_features(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
     if features.device != weight.device:
         raise ValueError(f"features are on {features.device} but the weight on {weight.device}")
     device_type = features.device.type
-    if torch.is_autocast_enabled(device_type):
+    autocast = torch.is_autocast_enabled(device_type)
+    if autocast:
         dtype = torch.get_autocast_dtype(device_type)
         features, weight = features.to(dtype), weight.to(dtype)
     elif features.dtype != weight.dtype:
         raise TypeError(f"features are {features.dtype} but the weight is {weight.dtype}; cast one of them or "
                         "run under torch.autocast")
     ops = DEPTHWISE_TRIPLE if depthwise else CONV_TRIPLE
-    with torch.autocast(device_type, enabled=False):
-        out = SparseConvFunction.apply(features, weight, kmap, ops, fwd_algo, bwd_algo)
+    # the algorithms run in the operands' dtype (autocast off); without gradients no autograd node is made
+    with torch.autocast(device_type, enabled=False) if autocast else contextlib.nullcontext():
+        if torch.is_grad_enabled() and (features.requires_grad or weight.requires_grad):
+            out = SparseConvFunction.apply(features, weight, kmap, ops, fwd_algo, bwd_algo)
+        else:
+            out = run_op(ops[0], features, weight, kmap, fwd_algo)
     if bias is not None:
         out = out + bias.to(out.dtype)
     return out
