@@ -103,6 +103,15 @@ def propagate_packed_kernel(
     store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, y_ptr, stride_y, False)
 
 
+@triton.jit
+def put_partial(out_ptr, acc, within, ok, atomic_base, store_base, ATOMIC: tl.constexpr):
+    """A weight-gradient tile: added atomically at ``atomic_base`` or stored at ``store_base`` (a workspace slot)."""
+    if ATOMIC:
+        tl.atomic_add(out_ptr + atomic_base + within, acc, mask=ok)
+    else:
+        tl.store(out_ptr + store_base + within, acc, mask=ok)
+
+
 @fast_launch
 @triton.jit
 def wgrad_pairs_kernel(
@@ -129,13 +138,9 @@ def wgrad_pairs_kernel(
         g = tl.load(dy_ptr + o[:, None] * stride_dy + co[None, :], mask=p_ok[:, None] & co_ok[None, :], other=0.0)
         acc = mac(acc, xt, g, USE_DOT, PRECISION, UPCAST)
     tile = c_in * c_out
-    within = ci[:, None] * c_out + co[None, :]
-    ok = ci_ok[:, None] & co_ok[None, :]
-    if ATOMIC:
-        k = tl.load(offset_ptr + chunk)
-        tl.atomic_add(out_ptr + k * tile + within, acc, mask=ok)
-    else:
-        tl.store(out_ptr + chunk.to(tl.int64) * tile + within, acc, mask=ok)
+    k = tl.load(offset_ptr + chunk) if ATOMIC else 0
+    put_partial(out_ptr, acc, ci[:, None] * c_out + co[None, :], ci_ok[:, None] & co_ok[None, :], k * tile,
+                chunk.to(tl.int64) * tile, ATOMIC)
 
 
 @fast_launch
@@ -164,13 +169,8 @@ def wgrad_packed_kernel(
         g = tl.load(dy_ptr + r.to(tl.int64)[:, None] * stride_dy + co[None, :], mask=r_ok[:, None] & co_ok[None, :],
                     other=0.0)
         acc = mac(acc, xt, g, USE_DOT, PRECISION, UPCAST)
-    tile = kvol * c_in * c_out
-    within = j[:, None] * c_out + co[None, :]
-    ok = j_ok[:, None] & co_ok[None, :]
-    if ATOMIC:
-        tl.atomic_add(out_ptr + within, acc, mask=ok)
-    else:
-        tl.store(out_ptr + split.to(tl.int64) * tile + within, acc, mask=ok)
+    put_partial(out_ptr, acc, j[:, None] * c_out + co[None, :], j_ok[:, None] & co_ok[None, :], 0,
+                split.to(tl.int64) * kvol * c_in * c_out, ATOMIC)
 
 
 @fast_launch
@@ -207,9 +207,5 @@ def wgrad_rows_kernel(
             g = tl.load(dy_ptr + o[:, None] * stride_dy + co[None, :], mask=used[:, None] & co_ok[None, :],
                         other=0.0)
             acc = mac(acc, xt, g, USE_DOT, PRECISION, UPCAST)
-    within = (k * c_in + ci[:, None]) * c_out + co[None, :]
-    ok = ci_ok[:, None] & co_ok[None, :]
-    if ATOMIC:
-        tl.atomic_add(out_ptr + within, acc, mask=ok)
-    else:
-        tl.store(out_ptr + split.to(tl.int64) * kvol * c_in * c_out + within, acc, mask=ok)
+    put_partial(out_ptr, acc, (k * c_in + ci[:, None]) * c_out + co[None, :], ci_ok[:, None] & co_ok[None, :], 0,
+                split.to(tl.int64) * kvol * c_in * c_out, ATOMIC)

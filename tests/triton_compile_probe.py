@@ -1,0 +1,125 @@
+"""Compile every Triton kernel warpsparse launches for a Hopper GPU, on a machine without one.
+
+Run as a script with ``TRITON_INTERPRET`` unset (``tests/test_triton_compile.py`` does): the host code of the
+map builders, layouts, convolutions and pooling runs on CPU tensors with every launch recorded instead of
+run, then each recorded (kernel, argument types, constexprs, launch options) is compiled with Triton's
+compiler for ``cuda:90``. Prints one line per compiled kernel and exits non-zero on the first failure.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from warpsparse import triton_launch
+from warpsparse.algorithms.base import Op, Signature
+from warpsparse.coords import triton_hash, triton_maps
+from warpsparse.coords.coord_set import CoordSet
+from warpsparse.coords.geometry import ConvGeometry, submanifold_geometry
+from warpsparse.coords.maps import build_kernel_map
+
+TARGET = GPUTarget("cuda", 90, 32)
+OPTIONS = ("num_warps", "num_stages")
+_TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64",
+          torch.int32: "*i32", torch.int64: "*i64", torch.int8: "*i8", torch.bool: "*i1"}
+
+calls: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = []
+
+
+def _record(self: triton_launch.FastLaunch, grid: tuple[int, ...], args: tuple[Any, ...],
+            kwargs: dict[str, Any]) -> None:
+    calls.append((self.fn, args, kwargs))
+
+
+def _arg_type(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return _TYPES[value.dtype]
+    if isinstance(value, bool):
+        return "i1"
+    if isinstance(value, int):
+        return "i32" if -2**31 <= value < 2**31 else "i64"
+    if isinstance(value, float):
+        return "fp32"
+    raise TypeError(f"no Triton type for {type(value).__name__}")
+
+
+def compile_request(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, options) of one recorded launch, as Triton's compiler takes them."""
+    values = dict(zip(fn.arg_names, args)) | {k: v for k, v in kwargs.items() if k not in OPTIONS}
+    signature, constexprs = {}, {}
+    for param in fn.params:
+        value = values[param.name]
+        if param.is_constexpr:
+            signature[param.name], constexprs[param.name] = "constexpr", value
+        else:
+            signature[param.name] = _arg_type(value)
+    return signature, constexprs, {k: kwargs[k] for k in OPTIONS if k in kwargs}
+
+
+def exercise() -> None:
+    """Run the host side of every kernel family on CPU tensors (launches recorded, not run)."""
+    from warpsparse.algorithms.triton import depthwise, implicit_gemm, pooling
+
+    torch.manual_seed(0)
+    flat = torch.randperm(2 * 8 * 8 * 8)[:300]
+    coords = torch.stack([flat // 512, flat // 64 % 8, flat // 8 % 8, flat % 8], 1).int()
+    src = CoordSet(coords, (8, 8, 8), 2)
+    subm = submanifold_geometry((3, 3, 3), (1, 1, 1))
+    down = ConvGeometry((2, 2, 2), (2, 2, 2))
+    table = triton_hash.coord_table(src)
+    table.lookup(torch.arange(4))
+    triton_hash.HashTable.allocate(16, "cpu").insert(torch.arange(4))
+    triton_maps.fill_map(src, subm, src.spatial_shape, src)
+    triton_maps.discover_outputs(src, down, down.output_shape(src.spatial_shape))
+    kmap = build_kernel_map(src, subm, src.spatial_shape, src, "subm", builder="torch")[0]
+    triton_maps.reverse_table(kmap.nbr, kmap.num_in)
+    triton_maps.row_mask(kmap.nbr)
+    n = kmap.num_in
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        for c_in, c_out in ((3, 32), (64, 64)):
+            x, w = torch.randn(n, c_in).to(dtype), torch.randn(27, c_in, c_out).to(dtype)
+            dy = torch.randn(n, c_out).to(dtype)
+            algo = implicit_gemm.TritonImplicitGemm()
+            for op, a, b in ((Op.CONV_FWD, x, w), (Op.CONV_DGRAD, dy, w), (Op.CONV_WGRAD, x, dy)):
+                sig = Signature.of(op, a, b, kmap)
+                seen: set[tuple[Any, ...]] = set()
+                for params in [algo.default_params(sig), *algo.param_space(sig).points()]:
+                    kind = (params["mode"], params.get("sorted"), params.get("deterministic"))
+                    if kind not in seen:  # one point per kernel form keeps the compile count small
+                        seen.add(kind)
+                        algo.run(op, params, a, b, kmap)
+        dw = depthwise.TritonImplicitDepthwise()
+        x, w = torch.randn(n, 16).to(dtype), torch.randn(27, 16).to(dtype)
+        for op, a, b in ((Op.DW_FWD, x, w), (Op.DW_DGRAD, x, w), (Op.DW_WGRAD, x, x)):
+            dw.run(op, dw.default_params(Signature.of(op, a, b, kmap)), a, b, kmap)
+        y, source = pooling.max_pool_forward(x, kmap.nbr)
+        pooling.max_pool_backward(y, source.zero_(), n)
+
+
+def main() -> int:
+    triton_launch.FastLaunch.launch = _record  # type: ignore[method-assign]
+    for module in (triton_hash, triton_maps):
+        module.require_runnable = lambda device: None  # type: ignore[attr-defined]
+    exercise()
+    done: set[str] = set()
+    for fn, args, kwargs in calls:
+        signature, constexprs, options = compile_request(fn, args, kwargs)
+        line = f"{fn.__name__} {signature} {sorted(constexprs.items())} {options}"
+        if line in done:
+            continue
+        done.add(line)
+        try:
+            triton.compile(ASTSource(fn, signature, constexprs), target=TARGET, options=options)
+        except Exception as exc:  # noqa: BLE001 - report which kernel failed, then stop
+            print(f"FAILED {line}: {type(exc).__name__}: {exc}", flush=True)
+            return 1
+        print(f"compiled {fn.__name__} {sorted(constexprs.items())} {options}", flush=True)
+    print(f"{len(done)} kernel variants of {len({c[0].__name__ for c in calls})} kernels compiled for {TARGET}")
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())
