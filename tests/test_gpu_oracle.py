@@ -144,6 +144,26 @@ def test_gpu_pool(reduce, dtype):
     check_conv(out, ref, [(inp.feats, inp.ref_feats)], f"{reduce} pool CUDA {dtype}", dtype)
 
 
+def test_gpu_max_pool_float64_and_deterministic_backward():
+    """fp64 pools on CUDA take the exact gather path; deterministic mode scatters the Triton arg-max rows with
+    PyTorch and gives the same gradient as the atomic kernel."""
+    inp = random_input(600, 5, shape=(10, 10, 10), batch=2, dtype=torch.float64, device=CUDA, distinct=True)
+    out = sparse_max_pool3d(inp.tensor(), 2, 2)
+    ref = sparse_max_pool3d(inp.tensor().to("cpu"), 2, 2)
+    assert torch.equal(out.features.cpu(), ref.features)
+    grads = []
+    for deterministic in (False, True):
+        feats = inp.feats.detach().float().requires_grad_(True)
+        x = warpsparse.SparseTensor(feats, inp.coords.to(CUDA), inp.shape, 2)
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+        try:
+            sparse_max_pool3d(x, 2, 2).features.sum().backward()
+        finally:
+            torch.use_deterministic_algorithms(False)
+        grads.append(feats.grad)
+    assert torch.equal(grads[0], grads[1])
+
+
 def test_gpu_autocast_and_tensor_moves():
     """autocast(float16) on CUDA; .to("cuda") and back keeps sites; voxelize on CUDA equals the CPU result."""
     inp = random_input(300, 16, dtype=torch.float32)

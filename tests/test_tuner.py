@@ -358,3 +358,29 @@ def test_per_map_setup_cost_counts_in_the_choice(monkeypatch):
     assert setups == {True: 50.0, False: 0.0}
     timed = {c.params["pairs"]: c.median_ms for c in entry.candidates}
     assert timed[True] < timed[False], "the pair-list point's kernel is the faster one"
+
+
+def test_results_cached_with_another_setup_cost_are_restated(monkeypatch):
+    """Results stored with an older setup estimate are re-recorded with today's, so the file's winner is the
+    point the call runs, without timing anything again."""
+
+    class NeedsPairs(Fake):
+        setup = 0.0
+
+        def setup_ms(self, sig, params):
+            return self.setup if params["pairs"] else 0.0
+
+    fake = NeedsPairs("explicit_gemm", cost_ms=lambda p: 5 if p["pairs"] else 20, space={"pairs": (True, False)})
+    use_registry(monkeypatch, fake)
+    kmap = random_map()
+    a, b = operands(Op.CONV_FWD, kmap)
+    dispatch(Op.CONV_FWD, a, b, kmap, "explicit_gemm")
+    assert fake.calls[-1] == {"pairs": True} and _entry().winner.params == {"pairs": True}
+    reset()  # a new process: same cache file, a larger setup estimate
+    NeedsPairs.setup = 50.0
+    timed = len(fake.calls)
+    dispatch(Op.CONV_FWD, a, b, kmap, "explicit_gemm")
+    assert fake.calls[timed:] == [{"pairs": False}], "nothing is re-timed; the cheaper-per-map point runs"
+    entry = _entry()
+    assert entry.winner.params == {"pairs": False}
+    assert {c.params["pairs"]: c.setup_ms for c in entry.candidates} == {True: 50.0, False: 0.0}

@@ -10,7 +10,7 @@ from typing import Literal, Optional
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added CandidateResult.setup_ms; version 1 files are still read
 
 Triple = tuple[int, int, int]
 Status = Literal["ok", "failed", "pruned", "skipped"]
@@ -132,7 +132,7 @@ class CacheDocument(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     entries: list[Entry] = Field(default_factory=list)
 
 

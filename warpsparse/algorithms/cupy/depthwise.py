@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from warpsparse.algorithms.base import DEPTHWISE_OPS, Op, Params, Signature
+from warpsparse.algorithms.base import DEPTHWISE_OPS, PAIR_LIST_MS, Op, Params, Signature
 from warpsparse.algorithms.cupy import runtime
 from warpsparse.algorithms.cupy.common import CupyAlgorithm, Instantiation, contiguous, sum_splits
 from warpsparse.algorithms.cupy.configs import (DT_CODE, DwKernel, dw_points, dw_threads, sum_splits_name,
@@ -75,6 +75,9 @@ class CupyImplicit(CupyAlgorithm):
     def preference(self, p: dict[str, Any]) -> tuple:
         """Widest vectors, 256-thread blocks, most splits."""
         return (-p["vec"], -p.get("block", 0), -p.get("split", 0))
+
+    def setup_ms(self, sig: Signature, params: Params) -> float:
+        return PAIR_LIST_MS if sig.op == Op.DW_WGRAD else 0.0  # the weight gradient walks the pair list
 
     def instantiations(self, sig: Signature) -> list[Instantiation]:
         wgrad = sig.op == Op.DW_WGRAD

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from warpsparse.algorithms.base import DEPTHWISE_OPS, Algorithm, Op, ParamSpace, Params, Signature
+from warpsparse.algorithms.base import DEPTHWISE_OPS, PAIR_LIST_MS, Algorithm, Op, ParamSpace, Params, Signature
 from warpsparse.algorithms.explicit.common import accumulation_dtype, offset_ranges
 from warpsparse.coords.kernel_map import KernelMap
 
@@ -16,6 +16,9 @@ class ExplicitDepthwise(Algorithm):
 
     def param_space(self, sig: Signature) -> ParamSpace:
         return ParamSpace({"flat": (True, False)})
+
+    def setup_ms(self, sig: Signature, params: Params) -> float:
+        return PAIR_LIST_MS
 
     def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
         p = kmap.pairs

@@ -5,7 +5,7 @@ from typing import Any, Iterator
 
 import torch
 
-from warpsparse.algorithms.base import DEPTHWISE_OPS, Algorithm, Op, ParamSpace, Params, Signature
+from warpsparse.algorithms.base import DEPTHWISE_OPS, PAIR_LIST_MS, Algorithm, Op, ParamSpace, Params, Signature
 from warpsparse.algorithms.triton import depthwise_kernels as K
 from warpsparse.algorithms.triton.common import (cdiv, channel_tiles, chunk_lengths, device_limits,
                                                  explicit_space, rows, unsupported)
@@ -96,6 +96,9 @@ class TritonImplicitDepthwise(Algorithm):
                                                                      -p["BLOCK_P"], p["chunk"]))
         return {"sorted": True, "BLOCK_M": 64, "BLOCK_C": channel_tiles(sig.c_in)[-1], "num_warps": 4,
                 "num_stages": 3}
+
+    def setup_ms(self, sig: Signature, params: Params) -> float:
+        return PAIR_LIST_MS if sig.op == Op.DW_WGRAD else 0.0  # the weight gradient walks the pair list
 
     def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
         kvol = kmap.kernel_volume

@@ -13,15 +13,19 @@ from warpsparse.sparse_tensor import SparseTensor
 __all__ = ["sparse_max_pool3d", "sparse_avg_pool3d", "global_max_pool", "global_avg_pool"]
 
 
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
 class _MaxPool(torch.autograd.Function):
     """Window max over a kernel map; the backward adds each gradient to the window's arg-max row only.
 
-    CUDA runs the Triton kernels (one pass each way, int32 arg-max rows); CPU gathers every window.
+    CUDA runs the Triton kernels for 16- and 32-bit floats (one pass each way, int32 arg-max rows; under
+    ``torch.use_deterministic_algorithms`` the gradient is scattered by PyTorch); other cases gather every window.
     """
 
     @staticmethod
     def forward(ctx: Any, feats: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
-        if feats.is_cuda:
+        if feats.is_cuda and feats.dtype in _TRITON_DTYPES:
             from warpsparse.algorithms.triton.pooling import max_pool_forward
             out, source = max_pool_forward(feats, nbr)
         else:
@@ -37,10 +41,14 @@ class _MaxPool(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         source, = ctx.saved_tensors
-        if source.dtype == torch.int32:
+        if source.dtype == torch.int32 and not torch.are_deterministic_algorithms_enabled():
             from warpsparse.algorithms.triton.pooling import max_pool_backward
             return max_pool_backward(grad, source, ctx.num_in), None
-        return grad.new_zeros(ctx.num_in, grad.shape[1]).scatter_add_(0, source, grad), None
+        index = source.long()
+        if source.dtype == torch.int32:  # Triton's arg-max rows: -1 marks a window without inputs
+            grad = grad.masked_fill(index < 0, 0)
+            index = index.clamp(min=0)
+        return grad.new_zeros(ctx.num_in, grad.shape[1]).scatter_add_(0, index, grad), None
 
 
 def _pool(x: SparseTensor, kernel_size: int | Triple, stride: int | Triple | None, padding: int | Triple,
