@@ -105,3 +105,23 @@ def test_max_pool_kernel_row_without_inputs():
     assert y.flatten().tolist() == [0.0, 3.0] and src.flatten().tolist() == [-1, 1]
     dx = max_pool_backward(torch.tensor([[5.0], [7.0]], device=DEV), src, 2)
     assert dx.flatten().tolist() == [0.0, 7.0]
+
+
+@pytest.mark.parametrize("sort", [False, True])
+def test_reverse_of_symmetric_map_mirrors_the_source_layout(sort):
+    """The reverse of a subm map takes its source's blocks with offsets mirrored; it equals the direct layout
+    offset for offset (listed in decreasing order)."""
+    src = coord_set(random_coords(250, (9, 9, 9), 2))
+    kmap, _ = build_kernel_map(src, submanifold_geometry((3, 3, 3), (1, 1, 1)), src.spatial_shape, src, "subm")
+    fwd = block_offsets(kmap, sort, 32)
+    rev_map = kmap.reversed()
+    rev = block_offsets(rev_map, sort, 32)
+    assert rev.sources is fwd.sources and rev.count is fwd.count
+    order = rev_map.sorted_order.long() if sort else torch.arange(rev_map.num_out, device=DEV)
+    table = rev_map.nbr[order]
+    for b in range(-(-rev_map.num_out // 32)):
+        rows = table[b * 32:(b + 1) * 32]
+        count = int(rev.count[b])
+        active = rev.active[b, :count].long()
+        assert torch.equal(active.sort().values, torch.nonzero((rows >= 0).any(dim=0)).flatten())
+        assert torch.equal(rev.sources[b, :count, :rows.shape[0]], rows[:, active].t())

@@ -34,9 +34,10 @@ class BlockOffsets:
     """Result rows in blocks of ``block_m`` and, per block, the offsets at least one of its rows uses.
 
     Table rows are ``kmap.sorted_order`` when sorted (``order``; ``None``: rows in map order). Block ``b``
-    uses ``count[b]`` offsets, ``active[b, :count[b]]`` in increasing order, and ``sources[b, j]`` holds the
-    source row of each of its ``block_m`` rows through offset ``active[b, j]`` (-1: none), so a program
-    reads each offset's sources as one contiguous vector. Entries past ``count[b]`` are unset.
+    uses ``count[b]`` offsets, ``active[b, :count[b]]`` (increasing; decreasing on the reverse of a symmetric
+    map), and ``sources[b, j]`` holds the source row of each of its ``block_m`` rows through offset
+    ``active[b, j]`` (-1: none), so a program reads each offset's sources as one contiguous vector. Entries
+    past ``count[b]`` are unset.
     """
 
     order: torch.Tensor | None  # [N] int32
@@ -69,10 +70,16 @@ def _block_offsets_kernel(nbr_ptr, order_ptr, count_ptr, active_ptr, sources_ptr
 
 def block_offsets(kmap: KernelMap, sort: bool, block_m: int) -> BlockOffsets:
     """The :class:`BlockOffsets` of ``kmap`` for row blocks of ``block_m`` (mask-sorted rows when ``sort``):
-    one kernel launch over the table."""
+    one kernel launch over the table, or none for the reverse of a symmetric map whose source has it."""
 
     def build() -> BlockOffsets:
         n, k = kmap.nbr.shape
+        if kmap._mirror and kmap._reverse is not None:
+            # the reverse of a symmetric map is its source with offsets mirrored (k -> K-1-k), rows in the same
+            # order: the source's layout serves with its offset numbers mirrored
+            mirrored = _CACHE.get(kmap._reverse, {}).get(("block_offsets", sort, block_m))
+            if mirrored is not None:
+                return BlockOffsets(mirrored.order, mirrored.count, (k - 1) - mirrored.active, mirrored.sources)
         dev = kmap.device
         blocks = -(-n // block_m)
         order = kmap.sorted_order if sort else None
