@@ -6,6 +6,7 @@ import itertools
 import pytest
 import torch
 
+import warpsparse
 from warpsparse.algorithms.base import Op, Signature
 from warpsparse.algorithms.explicit import ExplicitDepthwise
 from warpsparse.nn import (SparseAvgPool3d, SparseDepthwiseConv3d, SparseGlobalAvgPool, SparseGlobalMaxPool,
@@ -152,3 +153,17 @@ def test_depthwise_num_out_coords_mismatch():
     with pytest.raises(ValueError, match=f"num_out_coords={dst.num_points + 1}.*{dst.num_points} outputs"):
         spatially_sparse_depthwise_conv(x.features, torch.randn(27, 2, dtype=torch.float64), kmap,
                                         dst.num_points + 1, **EXPLICIT_DW)
+
+
+def test_max_pool_window_of_minus_infinity():
+    """A window whose inputs are all -inf returns -inf from one of them (never an empty slot), and its
+    gradient goes to that input."""
+    inp = random_input(30, 2, shape=(4, 4, 4))
+    feats = inp.feats.detach().clone()
+    feats[:, 0] = float("-inf")
+    feats.requires_grad_(True)
+    x = warpsparse.SparseTensor(feats, inp.coords, inp.shape, 1)
+    out = sparse_max_pool3d(x, 2, 2)
+    assert bool((out.features[:, 0] == float("-inf")).all())
+    out.features[:, 0].sum().backward()
+    assert float(feats.grad[:, 0].sum()) == out.num_points and bool((feats.grad[:, 1] == 0).all())

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from datetime import datetime
@@ -153,11 +152,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     else:
         print("winner     none (no candidate succeeded)")
     order = {"ok": 0, "failed": 1, "pruned": 2, "skipped": 3}
-    cands = sorted(e.candidates, key=lambda c: (order[c.status], c.median_ms or math.inf, c.ident))
+    cands = sorted(e.candidates, key=lambda c: (order[c.status], c.score_ms, c.ident))
     rows = [[c.algorithm, _fmt_params(c.params), c.status,
-             f"{c.median_ms:.3f}" if c.median_ms is not None else None, c.error or ""] for c in cands]
+             f"{c.median_ms:.3f}" if c.median_ms is not None else None, f"{c.setup_ms:g}", c.error or ""]
+            for c in cands]
     print()
-    print(table(["ALGORITHM", "PARAMS", "STATUS", "MEDIAN_MS", "NOTE"], rows))
+    print(table(["ALGORITHM", "PARAMS", "STATUS", "MEDIAN_MS", "SETUP_MS", "NOTE"], rows))
     return 0
 
 

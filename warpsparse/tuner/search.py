@@ -327,7 +327,7 @@ def _log_tuned(sig: Signature, everything: list[Candidate], results: dict[str, C
                new: dict[str, CandidateResult], elapsed_ms: float) -> None:
     if not log.isEnabledFor(logging.INFO):
         return
-    ok = sorted((c for c in everything if results[c.ident].status == "ok"), key=lambda c: results[c.ident].median_ms)
+    ok = sorted((c for c in everything if results[c.ident].status == "ok"), key=lambda c: results[c.ident].score_ms)
     counts = {s: sum(r.status == s for r in new.values()) for s in ("ok", "failed", "pruned", "skipped")}
     head = f"{ok[0].label} {results[ok[0].ident].median_ms:.3f} ms" if ok else "none (all failed)"
     runner = f"{ok[1].label} {results[ok[1].ident].median_ms:.3f} ms" if len(ok) > 1 else "none"

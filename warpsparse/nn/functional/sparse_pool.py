@@ -30,9 +30,14 @@ class _MaxPool(torch.autograd.Function):
             out, source = max_pool_forward(feats, nbr)
         else:
             idx = nbr.long()
-            window = feats[idx.clamp(min=0)].masked_fill_((idx < 0).unsqueeze(-1), float("-inf"))
-            source = idx.gather(1, window.argmax(dim=1))  # [N_out, C]; every pooled window has an input
-            out = feats.gather(0, source)
+            present = idx >= 0
+            window = feats[idx.clamp(min=0)].masked_fill_(~present.unsqueeze(-1), float("-inf"))
+            source = idx.gather(1, window.argmax(dim=1))  # [N_out, C]
+            # a window whose present rows are all -inf may pick an empty slot: take its first present row (-1
+            # when the window is empty, which then gives 0 like the Triton kernel)
+            first = idx.gather(1, present.to(torch.uint8).argmax(dim=1, keepdim=True))
+            source = torch.where(source < 0, first, source)
+            out = feats.gather(0, source.clamp(min=0)).masked_fill_(source < 0, 0)
         ctx.save_for_backward(source)
         ctx.num_in = feats.shape[0]
         return out
@@ -45,10 +50,8 @@ class _MaxPool(torch.autograd.Function):
             from warpsparse.algorithms.triton.pooling import max_pool_backward
             return max_pool_backward(grad, source, ctx.num_in), None
         index = source.long()
-        if source.dtype == torch.int32:  # Triton's arg-max rows: -1 marks a window without inputs
-            grad = grad.masked_fill(index < 0, 0)
-            index = index.clamp(min=0)
-        return grad.new_zeros(ctx.num_in, grad.shape[1]).scatter_add_(0, index, grad), None
+        grad = grad.masked_fill(index < 0, 0)  # -1: a window without inputs
+        return grad.new_zeros(ctx.num_in, grad.shape[1]).scatter_add_(0, index.clamp(min=0), grad), None
 
 
 def _pool(x: SparseTensor, kernel_size: int | Triple, stride: int | Triple | None, padding: int | Triple,
