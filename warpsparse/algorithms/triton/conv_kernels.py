@@ -104,6 +104,13 @@ def propagate_packed_kernel(
 
 
 @triton.jit
+def split_rows(split, rows_per_split, n_rows):
+    """``[lo, hi)``: the table rows of one split."""
+    lo = split * rows_per_split
+    return lo, tl.minimum(lo + rows_per_split, n_rows)
+
+
+@triton.jit
 def put_partial(out_ptr, acc, within, ok, atomic_base, store_base, ATOMIC: tl.constexpr):
     """A weight-gradient tile: added atomically at ``atomic_base`` or stored at ``store_base`` (a workspace slot)."""
     if ATOMIC:
@@ -158,8 +165,7 @@ def wgrad_packed_kernel(
     co_ok = co < c_out
     k = j // c_in
     ci = j - k * c_in
-    lo = split * rows_per_split
-    hi = tl.minimum(lo + rows_per_split, n_rows)
+    lo, hi = split_rows(split, rows_per_split, n_rows)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for r0 in range(lo, hi, BLOCK_K):
         r = r0 + tl.arange(0, BLOCK_K)
@@ -189,8 +195,7 @@ def wgrad_rows_kernel(
     co = (tl.program_id(2) % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
     ci_ok = ci < c_in
     co_ok = co < c_out
-    lo = split * rows_per_split
-    hi = tl.minimum(lo + rows_per_split, n_rows)
+    lo, hi = split_rows(split, rows_per_split, n_rows)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for r0 in range(lo, hi, BLOCK_K):
         r = r0 + tl.arange(0, BLOCK_K)
