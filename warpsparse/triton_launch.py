@@ -13,33 +13,19 @@ from typing import Any, Callable, Hashable
 
 import torch
 
-_INT32 = range(-2**31, 2**31)
-
-
-def _tensor_spec(value: torch.Tensor) -> Hashable:
-    return value.dtype, value.data_ptr() % 16 == 0
-
-
-def _int_spec(value: int) -> Hashable:
-    return int, value == 1, value % 16 == 0, value in _INT32, value < 2**63
-
-
-_BY_TYPE: dict[type, Callable[[Any], Hashable]] = {
-    torch.Tensor: _tensor_spec, torch.nn.Parameter: _tensor_spec, int: _int_spec,
-    bool: lambda value: bool, float: lambda value: float, type(None): lambda value: None,
-}
-
 
 def _spec(value: Any, constexpr: bool) -> Hashable:
     """What Triton may specialize a kernel on for one argument (finer is safe, coarser would not be)."""
     if constexpr:
         return value
-    by_type = _BY_TYPE.get(type(value))
-    if by_type is not None:
-        return by_type(value)
-    if isinstance(value, torch.Tensor):
-        return _tensor_spec(value)
-    return type(value), value
+    kind = type(value)
+    if kind is torch.Tensor or isinstance(value, torch.Tensor):
+        return value.dtype, value.data_ptr() % 16 == 0
+    if kind is int:
+        return value == 1, value % 16 == 0, -2**31 <= value < 2**31, value < 2**63
+    if kind is bool or kind is float or value is None:
+        return kind
+    return kind, value
 
 
 class FastLaunch:
@@ -49,29 +35,15 @@ class FastLaunch:
         self.fn = fn
         self.arg_names: tuple[str, ...] = tuple(fn.arg_names)
         self.constexpr: tuple[bool, ...] = tuple(bool(p.is_constexpr) for p in fn.params)
-        # positional arguments up to here are all runtime ones (call sites pass constexprs by keyword)
-        self.runtime_prefix = self.constexpr.index(True) if True in self.constexpr else len(self.constexpr)
         self.compiled: dict[Hashable, Any] = {}
 
     def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., Any]:
         return lambda *args, **kwargs: self.launch(grid, args, kwargs)
 
     def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
-        """Device, keyword values (constexprs and launch options) and the specialization of each positional
-        argument; positional constexprs count by value."""
-        key: list[Hashable] = [torch.cuda.current_device(), *kwargs.items()]
-        if len(args) > self.runtime_prefix:
-            key.extend(map(_spec, args, self.constexpr))
-            return tuple(key)
-        for value in args:
-            kind = type(value)
-            if kind is torch.Tensor or kind is torch.nn.Parameter:
-                key.append((value.dtype, value.data_ptr() % 16 == 0))
-            elif kind is int:
-                key.append((value == 1, value % 16 == 0, -2**31 <= value < 2**31, value < 2**63))
-            else:
-                key.append(_spec(value, False))
-        return tuple(key)
+        """Device, keyword values (constexprs and launch options, by value) and the specialization of each
+        positional argument."""
+        return torch.cuda.current_device(), *kwargs.items(), *map(_spec, args, self.constexpr)
 
     def launch(self, grid: tuple[int, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         key = self._key(args, kwargs)

@@ -1,10 +1,9 @@
 """Pydantic models of the persistent tuning cache (a versioned, human-readable JSON document)."""
 from __future__ import annotations
 
-import math
-
 import hashlib
 import json
+import math
 from datetime import datetime
 from typing import Literal, Optional
 

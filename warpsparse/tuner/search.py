@@ -72,19 +72,16 @@ class Candidate:
     json_params: dict[str, Any]
     ident: str
     is_default: bool
-    setup_ms: float = 0.0
+    setup_ms: float  # host time a fresh map costs this point (Algorithm.setup_ms)
 
     @staticmethod
-    def of(algorithm: Algorithm, params: dict[str, Any], is_default: bool = False,
-           sig: Signature | None = None) -> "Candidate":
-        """The candidate ``params`` of ``algorithm``; with ``sig``, its per-map setup cost is asked for."""
+    def of(algorithm: Algorithm, params: dict[str, Any], sig: Signature, is_default: bool = False) -> "Candidate":
+        """The candidate ``params`` of ``algorithm`` for ``sig``, with its per-map setup cost."""
         json_params = {k: _canonical(v) for k, v in sorted(params.items())}
-        setup = 0.0
-        if sig is not None:
-            try:
-                setup = float(algorithm.setup_ms(sig, params))
-            except Exception:  # noqa: BLE001 - a broken hint counts as none
-                setup = 0.0
+        try:
+            setup = float(algorithm.setup_ms(sig, params))
+        except Exception:  # noqa: BLE001 - a broken hint counts as none
+            setup = 0.0
         return Candidate(algorithm, dict(params), json_params, candidate_ident(algorithm.name, json_params),
                          is_default, setup)
 
@@ -102,9 +99,9 @@ def candidates_for(algos: list[Algorithm], sig: Signature) -> list[Candidate]:
     """Every parameter point of every algorithm, each algorithm's default point first."""
     out: list[Candidate] = []
     for alg in algos:
-        default = Candidate.of(alg, alg.default_params(sig), is_default=True, sig=sig)
+        default = Candidate.of(alg, alg.default_params(sig), sig, is_default=True)
         out.append(default)
-        out.extend(c for c in (Candidate.of(alg, p, sig=sig) for p in alg.param_space(sig).points())
+        out.extend(c for c in (Candidate.of(alg, p, sig) for p in alg.param_space(sig).points())
                    if c.ident != default.ident)
     return out
 

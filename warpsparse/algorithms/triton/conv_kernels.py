@@ -183,10 +183,10 @@ def wgrad_packed_kernel(
 @triton.jit
 def wgrad_rows_kernel(
         x_ptr, dy_ptr, out_ptr, nbr_ptr, order_ptr, n_rows, rows_per_split, c_in, c_out, kvol, stride_x,
-        stride_dy, SORTED: tl.constexpr, ATOMIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """Offset ``k``, split ``s``: ``sum_o x[nbr[o, k]]^T dy[o]`` over the split's table rows (mask-sorted
-    when ``SORTED``), skipping steps where no row uses ``k``; a tile of ``dW[k]`` into ``out[s]`` (workspace)
+        stride_dy, ATOMIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """Offset ``k``, split ``s``: ``sum_o x[nbr[o, k]]^T dy[o]`` over the split's rows of the mask-sorted
+    table (``order``), skipping steps where no row uses ``k``; a tile of ``dW[k]`` into ``out[s]`` (workspace)
     or atomically into ``out``. Needs no pair list."""
     k = tl.program_id(0)
     split = tl.program_id(1)
@@ -200,10 +200,7 @@ def wgrad_rows_kernel(
     for r0 in range(lo, hi, BLOCK_K):
         r = r0 + tl.arange(0, BLOCK_K)
         r_ok = r < hi
-        if SORTED:
-            o = tl.load(order_ptr + r, mask=r_ok, other=0).to(tl.int64)
-        else:
-            o = r.to(tl.int64)
+        o = tl.load(order_ptr + r, mask=r_ok, other=0).to(tl.int64)
         src = tl.load(nbr_ptr + o * kvol + k, mask=r_ok, other=-1)
         if tl.max(src, axis=0) >= 0:
             used = src >= 0

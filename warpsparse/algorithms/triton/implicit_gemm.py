@@ -107,8 +107,7 @@ def _wgrad_default(sig: Signature) -> dict[str, Any]:
     sms = device_limits(sig.device_type)[0]
     chunks = chunk_lengths(sig.n_out, tiles * (1 if packed else sig.kernel_volume), block_k, sms)
     chunk = chunks[-1] if packed and sig.dtype.itemsize == 4 else chunks[0]  # packed fp32 likes shorter chunks
-    return {"mode": "packed" if packed else "rows", "sorted": not packed, "BLOCK_M": block_m, "BLOCK_N": block_n,
-            "BLOCK_K": block_k, "num_warps": _warps(block_m, block_n), "num_stages": 2, "chunk": chunk,
+    return {"mode": "packed" if packed else "rows", "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": _warps(block_m, block_n), "num_stages": 2, "chunk": chunk,
             "deterministic": True}
 
 
@@ -127,13 +126,13 @@ def _wgrad_points(sig: Signature) -> Iterator[dict[str, Any]]:
             workspace = (sig.num_pairs // chunk + kvol) * sig.c_in * sig.c_out * 4
             for deterministic in modes["deterministic"]:
                 if not (deterministic and workspace > WORKSPACE_LIMIT):
-                    yield {"mode": "pairs", "sorted": False, **point, "chunk": chunk, "deterministic": deterministic}
+                    yield {"mode": "pairs", **point, "chunk": chunk, "deterministic": deterministic}
         # rows mode: every offset walks the mask-sorted output rows, so it needs no pair list
         chunk = chunk_lengths(sig.n_out, count * kvol, block_k, sms)[0]
         workspace = cdiv(sig.n_out, chunk) * kvol * sig.c_in * sig.c_out * 4
         for deterministic in modes["deterministic"]:
             if not (deterministic and workspace > WORKSPACE_LIMIT):
-                yield {"mode": "rows", "sorted": True, **point, "chunk": chunk, "deterministic": deterministic}
+                yield {"mode": "rows", **point, "chunk": chunk, "deterministic": deterministic}
     if sig.c_in < PACKED_BELOW:
         packed_rows = kvol * sig.c_in
         for block_n in _reduction_tiles(sig.c_out):
@@ -142,9 +141,9 @@ def _wgrad_points(sig: Signature) -> Iterator[dict[str, Any]]:
                 for chunk in chunk_lengths(sig.n_out, count, block_k, sms):
                     for deterministic in modes["deterministic"]:
                         if _fits(sig, block_m, block_n, block_k, 2):
-                            yield {"mode": "packed", "sorted": False, "BLOCK_M": block_m, "BLOCK_N": block_n,
-                                   "BLOCK_K": block_k, "num_warps": _warps(block_m, block_n), "num_stages": 2,
-                                   "chunk": chunk, "deterministic": deterministic}
+                            yield {"mode": "packed", "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
+                                   "num_warps": _warps(block_m, block_n), "num_stages": 2, "chunk": chunk,
+                                   "deterministic": deterministic}
 
 
 # Rough rates of an H100-class GPU; the estimate only orders (and prunes) points relative to each other.
@@ -172,9 +171,8 @@ def estimate_seconds(sig: Signature, p: Params) -> float:
         mode = p["mode"]
         if mode == "packed":
             rows, work, chunks = kvol * sig.c_in, sig.n_out, cdiv(sig.n_out, p["chunk"])
-        elif mode == "rows":  # the rows of a step that no row uses are skipped
-            rows, work, chunks = sig.c_in, int(sig.num_pairs / _FILL[bool(p["sorted"])]), \
-                kvol * cdiv(sig.n_out, p["chunk"])
+        elif mode == "rows":  # mask-sorted rows; steps that no row uses are skipped
+            rows, work, chunks = sig.c_in, int(sig.num_pairs / _FILL[True]), kvol * cdiv(sig.n_out, p["chunk"])
         else:
             rows, work, chunks = sig.c_in, sig.num_pairs, cdiv(sig.num_pairs, p["chunk"]) + kvol
         tiles = cdiv(rows, block_m) * cdiv(sig.c_out, block_n)
@@ -258,10 +256,9 @@ def weight_grad(x: torch.Tensor, dy: torch.Tensor, kmap: KernelMap, params: Para
         K.wgrad_packed_kernel[grid](x, dy, target, kmap.nbr.contiguous(), kmap.num_out, chunk, c_in, c_out, kvol,
                                     x.stride(0), dy.stride(0), **common)
     elif mode == "rows":
-        order = kmap.sorted_order if params["sorted"] else kmap.nbr
         grid = (kvol, splits, cdiv(c_in, block_m) * cdiv(c_out, block_n))
-        K.wgrad_rows_kernel[grid](x, dy, target, kmap.nbr.contiguous(), order, kmap.num_out, chunk, c_in, c_out,
-                                  kvol, x.stride(0), dy.stride(0), SORTED=params["sorted"], **common)
+        K.wgrad_rows_kernel[grid](x, dy, target, kmap.nbr.contiguous(), kmap.sorted_order, kmap.num_out, chunk,
+                                  c_in, c_out, kvol, x.stride(0), dy.stride(0), **common)
     else:
         grid = (chunks.num_chunks, cdiv(c_in, block_m), cdiv(c_out, block_n))
         K.wgrad_pairs_kernel[grid](x, dy, target, *pair_indices(kmap), chunks.start, chunks.stop,

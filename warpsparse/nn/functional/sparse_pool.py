@@ -6,14 +6,12 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
+from warpsparse.algorithms.triton.common import SUPPORTED_DTYPES
 from warpsparse.coords.geometry import ConvGeometry, Triple, triple
 from warpsparse.nn.functional.kernel_maps import conv_map
 from warpsparse.sparse_tensor import SparseTensor
 
 __all__ = ["sparse_max_pool3d", "sparse_avg_pool3d", "global_max_pool", "global_avg_pool"]
-
-
-_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class _MaxPool(torch.autograd.Function):
@@ -25,7 +23,7 @@ class _MaxPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, feats: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
-        if feats.is_cuda and feats.dtype in _TRITON_DTYPES:
+        if feats.is_cuda and feats.dtype in SUPPORTED_DTYPES:
             from warpsparse.algorithms.triton.pooling import max_pool_forward
             out, source = max_pool_forward(feats, nbr)
         else:
