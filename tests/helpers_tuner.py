@@ -16,9 +16,9 @@ from warpsparse.coords.kernel_map import KernelMap
 from warpsparse.coords.maps import build_kernel_map
 from warpsparse.tuner import modes, reset, store
 from warpsparse.tuner.modes import ENV_VARS
-from warpsparse.tuner.search import BUDGET_ENV
+from warpsparse.tuner.search import BUDGET_ENV, WORKERS_ENV
 
-ALL_ENV_VARS = sorted({v for vs in ENV_VARS.values() for v in vs} | {BUDGET_ENV})
+ALL_ENV_VARS = sorted({v for vs in ENV_VARS.values() for v in vs} | {BUDGET_ENV, WORKERS_ENV})
 
 
 @pytest.fixture

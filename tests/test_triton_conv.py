@@ -19,6 +19,7 @@ from warpsparse.coords.coord_set import CoordSet
 from warpsparse.coords.geometry import ConvGeometry, submanifold_geometry
 from warpsparse.coords.kernel_map import KernelMap
 from warpsparse.coords.maps import build_kernel_map
+from warpsparse.triton_launch import pow2_at_least
 
 from oracle import fresh_seed, random_coords, seed_note  # noqa: F401  (fresh_seed: autouse fixture)
 
@@ -146,7 +147,7 @@ def test_space_follows_channels() -> None:
     """Tiles never wider than the channels' power of two (16 at least); packed forms only under 32 reduction
     channels, gathered tiles only from 16."""
     kmap = make_map("subm", sites=64)
-    wide = common.pow2_at_least
+    wide = pow2_at_least
     for c_in, c_out in [(3, 64), (64, 256), (17, 100), (128, 1)]:
         for op in CONV_OPS:
             a, b = operands(op, kmap, c_in, c_out, torch.float16)

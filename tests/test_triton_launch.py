@@ -6,18 +6,29 @@ from typing import Any
 
 import pytest
 import torch
+from triton import knobs
 
+from warpsparse import triton_launch
 from warpsparse.triton_launch import FastLaunch, fast_launch
 
 
 class _Compiled:
+    """Stands in for a ``CompiledKernel``: its launcher and its runner (the path taken under launch hooks)."""
+
     packed_metadata = object()
+    function = object()
 
     def __init__(self, log: list) -> None:
         self.log = log
 
+    def run(self, g0: int, g1: int, g2: int, stream: int, function: Any, packed: Any, launch_metadata: Any,
+            enter: Any, exit_: Any, *args: Any) -> None:
+        assert (stream, function, packed) == (7, self.function, self.packed_metadata)
+        assert launch_metadata is enter is exit_ is None
+        self.log.append(("fast", (g0, g1, g2), args))
+
     def __getitem__(self, grid: tuple[int, ...]) -> Any:
-        return lambda *args: self.log.append(("fast", grid, args))
+        return lambda *args: self.log.append(("runner", grid, args))
 
 
 class _Jitted:
@@ -36,10 +47,14 @@ class _Jitted:
             return _Compiled(self.log)
         return run
 
+    def warmup(self, *args: Any, grid: tuple[int, ...], **kwargs: Any) -> None:
+        self.log.append(("warmup", grid, args, kwargs))
+
 
 @pytest.fixture
 def kernel(monkeypatch: pytest.MonkeyPatch) -> FastLaunch:
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(triton_launch, "_stream_of", lambda device: 7)
     return FastLaunch(_Jitted())
 
 
@@ -96,3 +111,38 @@ def test_parameters_and_none_arguments(kernel):
     kernel[(1,)](torch.zeros(8), 2.5, B=None)
     kernel[(1,)](torch.zeros(8), 7.5, B=None)
     assert _paths(kernel) == ["triton", "fast", "triton", "fast"]
+
+
+def test_launch_hooks_see_every_launch(kernel, monkeypatch):
+    """With a launch hook installed, compiled launches go through the kernel's runner, which calls the hooks."""
+    x = torch.zeros(8)
+    kernel[(1,)](x, 3, B=1)
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", lambda *args: None)
+    kernel[(2,)](x, 3, B=1)
+    assert _paths(kernel) == ["triton", "runner"]
+    assert kernel.fn.log[1] == ("runner", (2, 1, 1), (x, 3, 1))
+
+
+def test_host_grid_arithmetic():
+    assert [triton_launch.cdiv(a, 4) for a in (0, 1, 4, 5)] == [0, 1, 1, 2]
+    assert [triton_launch.pow2_at_least(n) for n in (0, 1, 2, 3, 27, 64)] == [1, 1, 2, 4, 32, 64]
+
+
+def test_precompiling_compiles_precompilable_kernels_only(monkeypatch):
+    """Inside ``precompiling`` a precompilable kernel only compiles (once per specialization) and runs nothing;
+    other kernels (whose outputs the host caches) launch as usual."""
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(triton_launch, "_stream_of", lambda device: 7)
+    compute, layout = FastLaunch(_Jitted(), precompilable=True), FastLaunch(_Jitted())
+    x = torch.zeros(8)
+    compute[(1,)](x, 3, B=1)  # compiled before
+    with triton_launch.precompiling(2):
+        assert compute[(1,)](x, 5, B=1) is None  # compiled: nothing runs
+        compute[(1,)](x, 5, B=2)  # a new specialization: compiled, not run
+        layout[(1,)](x, 5, B=2)
+        layout[(1,)](x, 6, B=2)
+    assert _paths(compute) == ["triton", "warmup"]
+    assert _paths(layout) == ["triton", "fast"]
+    compute[(1,)](x, 5, B=2)
+    assert _paths(compute) == ["triton", "warmup", "triton"], "outside, the new specialization launches"
+    assert fast_launch(precompilable=True)(_Jitted()).precompilable

@@ -8,7 +8,8 @@ import torch
 from helpers_tuner import Fake, cache_dir, operands, random_map, truth, use_registry  # noqa: F401
 from warpsparse.algorithms.base import CONV_OPS, DEPTHWISE_OPS, Op, Signature
 from warpsparse.algorithms.explicit import ExplicitDepthwise, ExplicitGemm
-from warpsparse.tuner import collect_calls, dispatch, dispatcher, pretune, reset, save_tuning_cache, store
+from warpsparse import triton_launch
+from warpsparse.tuner import collect_calls, dispatch, dispatcher, pretune, reset, save_tuning_cache, search, store
 from warpsparse.tuner.key import density_bucket, entry_key, half_octave, hot_key
 
 pytestmark = pytest.mark.usefixtures("cache_dir")
@@ -105,6 +106,45 @@ def test_budget_bounds_the_search_and_is_validated(monkeypatch):
         reset(save=False)
         with pytest.raises(ValueError, match=f"WARPCONVNET_TUNE_BUDGET_MS='{bad}'"):
             dispatch(Op.CONV_FWD, *operands(Op.CONV_FWD, kmap, c_in=7), kmap)  # a new signature
+
+
+def test_compiling_algorithms_precompile_their_first_points_side_by_side(monkeypatch):
+    """Before timing, the points of algorithms that compile per point run once inside ``precompiling`` (at most
+    two rounds of the compile threads); every point is still checked and timed after."""
+    compiling = Fake("implicit_gemm", space={"tile": tuple(range(6))})
+    compiling.precompiles = True
+    plain = Fake("explicit_gemm", space={"tile": (0, 1)})
+    use_registry(monkeypatch, compiling, plain)
+    monkeypatch.setattr(search, "compiled_on", lambda device: True)
+    entered: list[int] = []
+    real = triton_launch.precompiling
+
+    def spy(workers: int):
+        entered.append(workers)
+        return real(workers)
+
+    monkeypatch.setattr(search, "precompiling", spy)
+    monkeypatch.setenv("WARPCONVNET_COMPILE_WORKERS", "2")
+    monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "inf")
+    flags: list[tuple[str, bool]] = []
+    original = Fake.run
+
+    def tracking(self, *args):
+        flags.append((self.name, triton_launch._precompiling))
+        return original(self, *args)
+
+    monkeypatch.setattr(Fake, "run", tracking)
+    kmap = random_map()
+    a, b = operands(Op.CONV_FWD, kmap)
+    torch.testing.assert_close(dispatch(Op.CONV_FWD, a, b, kmap), truth(Op.CONV_FWD, a, b, kmap))
+    assert entered == [2]
+    precompiled = [name for name, inside in flags if inside]
+    assert precompiled == ["implicit_gemm"] * 4, "two rounds of two threads, compiling algorithms only"
+    assert [c.status for c in _entry().candidates].count("ok") == 8
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("WARPCONVNET_COMPILE_WORKERS", bad)
+        with pytest.raises(ValueError, match="WARPCONVNET_COMPILE_WORKERS"):
+            search.compile_workers()
 
 
 def test_everything_failing_falls_back_to_the_reference(monkeypatch, caplog):

@@ -31,43 +31,64 @@ def _check_features(features: torch.Tensor) -> None:
         raise ValueError(f"features must have shape [N, C], got {tuple(features.shape)}")
 
 
-def _validate_sites(coords: torch.Tensor, spatial_shape: Sequence[int] | None,
-                    batch_size: int | None) -> tuple[tuple[int, int, int], int]:
-    """Check range and uniqueness (one host read) and fill in the default shape and batch size."""
-    n = coords.shape[0]
-    if n == 0 and (spatial_shape is None or batch_size is None):
-        raise ValueError("an empty SparseTensor needs spatial_shape and batch_size")
-    c = coords.long()
-    hi: list[int] = []  # per-column maxima (known when n > 0; both defaults are given when n == 0)
-    if n:
-        stats = torch.cat([c.min(dim=0).values, c.max(dim=0).values]).tolist()  # the one host read that passes
-        lo, hi = stats[:4], stats[4:]
-        if min(lo) < 0:
-            bad = int((c < 0).any(dim=1).nonzero()[0])
-            raise ValueError(f"coords must be non-negative; row {bad} is {c[bad].tolist()}")
+def _shape_arg(spatial_shape: Sequence[int] | None) -> tuple[int, int, int] | None:
+    if spatial_shape is None:
+        return None
     try:
-        shape = tuple(int(h) + 1 for h in hi[1:]) if spatial_shape is None else tuple(int(s) for s in spatial_shape)
+        shape = tuple(int(s) for s in spatial_shape)
     except (TypeError, ValueError):
         raise TypeError(f"spatial_shape must be 3 positive ints, got {spatial_shape!r}") from None
     if len(shape) != 3 or min(shape) <= 0:
         raise ValueError(f"spatial_shape must be 3 positive ints, got {spatial_shape!r}")
-    batches = int(hi[0]) + 1 if batch_size is None else int(batch_size)
-    if batches <= 0:
+    return shape  # type: ignore[return-value]
+
+
+def _batch_arg(batch_size: int | None) -> int | None:
+    if batch_size is None:
+        return None
+    if int(batch_size) <= 0:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if n == 0:
-        return shape, batches  # type: ignore[return-value]
+    return int(batch_size)
+
+
+def _repeats(c: torch.Tensor, shape: tuple[int, int, int], batches: int) -> torch.Tensor:
+    """How many rows repeat an earlier row's site (a device scalar)."""
+    keys = torch.sort(pack(c, key_radix(shape, batches))).values
+    return (keys[1:] == keys[:-1]).sum()
+
+
+def _validate_sites(coords: torch.Tensor, spatial_shape: Sequence[int] | None,
+                    batch_size: int | None) -> tuple[tuple[int, int, int], int]:
+    """Check range and uniqueness and fill in the default shape and batch size: one host read when both are
+    given, two when one is inferred from the coordinates."""
+    shape, batches = _shape_arg(spatial_shape), _batch_arg(batch_size)
+    if coords.shape[0] == 0:
+        if shape is None or batches is None:
+            raise ValueError("an empty SparseTensor needs spatial_shape and batch_size")
+        return shape, batches
+    c = coords.long()
+    parts = [c.min(dim=0).values, c.max(dim=0).values]
+    if shape is not None and batches is not None:  # counted now; only read if the range check passes
+        parts.append(_repeats(c, shape, batches).view(1))
+    stats = torch.cat(parts).tolist()
+    lo, hi = stats[:4], stats[4:8]
+    if min(lo) < 0:
+        bad = int((c < 0).any(dim=1).nonzero()[0])
+        raise ValueError(f"coords must be non-negative; row {bad} is {c[bad].tolist()}")
+    shape = shape or (hi[1] + 1, hi[2] + 1, hi[3] + 1)
+    batches = batches or hi[0] + 1
     if hi[0] >= batches or any(h >= s for h, s in zip(hi[1:], shape)):
         outside = (c >= torch.tensor([batches, *shape], device=coords.device)).any(dim=1)
         bad = int(outside.nonzero()[0])
         raise ValueError(f"coords row {bad} = {c[bad].tolist()} lies outside batch_size={batches}, "
                          f"spatial_shape={shape}")
-    keys, order = torch.sort(pack(c, key_radix(shape, batches)), stable=True)
-    repeats = order[1:][keys[1:] == keys[:-1]]  # rows repeating an earlier row's site
-    if repeats.numel():
-        row = int(repeats.min())
-        raise ValueError(f"coords hold {repeats.numel()} duplicate site(s); the first repeated one is row {row} = "
+    repeats = stats[8] if len(stats) > 8 else int(_repeats(c, shape, batches))
+    if repeats:
+        keys, order = torch.sort(pack(c, key_radix(shape, batches)), stable=True)
+        row = int(order[1:][keys[1:] == keys[:-1]].min())
+        raise ValueError(f"coords hold {repeats} duplicate site(s); the first repeated one is row {row} = "
                          f"{c[row].tolist()}. Merge points into sites with warpsparse.voxelize")
-    return shape, batches  # type: ignore[return-value]
+    return shape, batches
 
 
 class SparseTensor:

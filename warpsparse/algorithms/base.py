@@ -117,6 +117,9 @@ class Algorithm(ABC):
 
     name: str
     ops: frozenset[Op]
+    #: runs compile a kernel per parameter point, and :func:`warpsparse.triton_launch.precompiling` can
+    #: compile many points side by side before they are timed
+    precompiles: bool = False
 
     def applies_to(self, sig: Signature) -> str | None:
         """``None`` when the algorithm can run ``sig``, else a short reason why not."""

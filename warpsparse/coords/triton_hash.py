@@ -19,7 +19,7 @@ import triton.language as tl
 
 from warpsparse.coords.coord_set import CoordSet
 from warpsparse.coords.keys import key_radix
-from warpsparse.triton_launch import fast_launch
+from warpsparse.triton_launch import cdiv, fast_launch
 
 EMPTY = -1
 MAX_LOAD = 0.5
@@ -193,7 +193,7 @@ class HashTable:
         self.reserve(keys.numel())
         if keys.numel():
             block = INSERT.lanes_on(keys.device)
-            _insert_kernel[(triton.cdiv(keys.numel(), block),)](self.slots, keys.contiguous(), keys.numel(),
+            _insert_kernel[(cdiv(keys.numel(), block),)](self.slots, keys.contiguous(), keys.numel(),
                                                                  *self.probe_args, 1, 1, 1, FROM_COORDS=False,
                                                                  BLOCK=block, num_warps=INSERT.warps)
 
@@ -203,7 +203,7 @@ class HashTable:
         out = torch.empty(keys.shape, dtype=torch.int64, device=keys.device)
         if keys.numel():
             block = INSERT.lanes_on(keys.device)
-            _lookup_kernel[(triton.cdiv(keys.numel(), block),)](self.slots, keys.contiguous(), out, keys.numel(),
+            _lookup_kernel[(cdiv(keys.numel(), block),)](self.slots, keys.contiguous(), out, keys.numel(),
                                                                  *self.probe_args, BLOCK=block, num_warps=INSERT.warps)
         return out
 
@@ -228,7 +228,7 @@ def coord_table(coord_set: CoordSet) -> HashTable:
         table.reserve(n)
         if n:
             block = INSERT.lanes_on(coord_set.device)
-            _insert_kernel[(triton.cdiv(n, block),)](table.slots, coord_set.coords.contiguous(), n,
+            _insert_kernel[(cdiv(n, block),)](table.slots, coord_set.coords.contiguous(), n,
                                                      *table.probe_args, s0, s1, s2, FROM_COORDS=True, BLOCK=block,
                                                      num_warps=INSERT.warps)
         coord_set.cache[CACHE_KEY] = table

@@ -25,7 +25,7 @@ from warpsparse.coords.geometry import ConvGeometry, Triple
 from warpsparse.coords.keys import key_radix
 from warpsparse.coords.triton_hash import (CACHE_KEY, HashTable, Launch, coord_table, find_keys, insert_keys,
                                            pack_key, require_runnable)
-from warpsparse.triton_launch import fast_launch
+from warpsparse.triton_launch import cdiv, pow2_at_least, fast_launch
 
 MAP = Launch(512, 4)  # lanes = output rows x padded offsets per program of the map and row-mask kernels
 DISCOVER = Launch(256, 4)  # (input, kernel position) lanes per program of the output discovery
@@ -227,13 +227,13 @@ def discover_outputs(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> Co
     m = 0
     if lanes:
         block = DISCOVER.lanes_on(dev)
-        _discover_kernel[(triton.cdiv(lanes, block),)](
+        _discover_kernel[(cdiv(lanes, block),)](
             src.coords.contiguous(), lanes, table.slots, *table.probe_args, keys, kslots, kcoords, count, *radix,
             **_geometry_args(geom), M0=period[0], M1=period[1], M2=period[2], B0=most[0], B1=most[1], B2=most[2],
             MULTIPLY=geom.transposed, BLOCK=block, num_warps=DISCOVER.warps)
         perm = torch.sort(keys).indices
         block = ROWS.lanes_on(dev)
-        _number_kernel[(triton.cdiv(bound, block),)](perm, kslots, kcoords, table.slots, coords, count,
+        _number_kernel[(cdiv(bound, block),)](perm, kslots, kcoords, table.slots, coords, count,
                                                     BLOCK=block, num_warps=ROWS.warps)
         m = int(count.item())  # the one host read
     coords = coords[:m] if 2 * m >= bound else coords[:m].clone()  # do not keep a mostly unused buffer alive
@@ -244,7 +244,7 @@ def discover_outputs(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> Co
 
 def _map_rows(kv: int, device: torch.device) -> tuple[int, int]:
     """(padded offsets, output rows) per program of the map and row-mask kernels."""
-    kp = triton.next_power_of_2(kv)
+    kp = pow2_at_least(kv)
     return kp, max(1, MAP.lanes_on(device) // kp)
 
 
@@ -266,7 +266,7 @@ def fill_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple,
     count = torch.zeros(1, dtype=torch.int64, device=src.device)
     if n_out:
         kp, rows = _map_rows(kv, src.device)
-        _map_kernel[(triton.cdiv(n_out, rows),)](
+        _map_kernel[(cdiv(n_out, rows),)](
             nbr, mask, count, out.coords.contiguous(), n_out, table.slots, *table.probe_args, *src.spatial_shape,
             *out_shape, **_geometry_args(geom), MULTIPLY=not geom.transposed, ROWS=rows, KP=kp,
             num_warps=MAP.warps)
@@ -290,7 +290,7 @@ def row_mask(nbr: torch.Tensor) -> torch.Tensor:
     mask = torch.empty(n, dtype=torch.int64, device=nbr.device)
     if n:
         kp, rows = _map_rows(kv, nbr.device)
-        _row_mask_kernel[(triton.cdiv(n, rows),)](nbr.contiguous(), mask, n, KV=kv, ROWS=rows, KP=kp,
+        _row_mask_kernel[(cdiv(n, rows),)](nbr.contiguous(), mask, n, KV=kv, ROWS=rows, KP=kp,
                                                   num_warps=MAP.warps)
     return mask
 
@@ -302,6 +302,6 @@ def reverse_table(nbr: torch.Tensor, num_in: int) -> torch.Tensor:
     rev = torch.full((num_in, kv), -1, dtype=torch.int32, device=nbr.device)
     if n:
         block = ROWS.lanes_on(nbr.device)
-        _reverse_kernel[(triton.cdiv(n * kv, block),)](nbr.contiguous(), rev, n, KV=kv, BLOCK=block,
+        _reverse_kernel[(cdiv(n * kv, block),)](nbr.contiguous(), rev, n, KV=kv, BLOCK=block,
                                                        num_warps=ROWS.warps)
     return rev

@@ -23,11 +23,14 @@ from warpsparse.coords.kernel_map import KernelMap
 from warpsparse.tuner.modes import REFERENCE
 from warpsparse.tuner.store import TuningStore
 from warpsparse.tuner.timing import median, output_error, poison, snapshot, time_round_robin, tolerance, unchanged
+from warpsparse.triton_launch import precompiling
 
 log = logging.getLogger("warpsparse.tuner")
 
 BUDGET_ENV = "WARPCONVNET_TUNE_BUDGET_MS"
 DEFAULT_BUDGET_MS = 2000.0
+WORKERS_ENV = "WARPCONVNET_COMPILE_WORKERS"
+MAX_WORKERS = 16
 PRUNE_FACTOR = 4.0  # points estimated this many times costlier than their algorithm's best are not timed
 TARGET_MS = 40.0  # timed repeats per candidate aim at about this much time
 MIN_REPS, MAX_REPS = 3, 20
@@ -52,6 +55,23 @@ def tune_budget_ms() -> float:
         raise ValueError(f"{BUDGET_ENV}={raw!r}: expected a positive number of milliseconds "
                          "(e.g. 2000, or inf for no limit)")
     return value
+
+
+def compile_workers() -> int:
+    """Threads that compile candidates side by side: ``WARPCONVNET_COMPILE_WORKERS``, else the usable CPUs
+    (at most 16); 1 compiles each candidate at its first run."""
+    raw = os.environ.get(WORKERS_ENV, "").strip()
+    if not raw:
+        return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                          else os.cpu_count() or 1))
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{WORKERS_ENV}={raw!r}: expected a positive whole number of threads")
+    return int(raw)
+
+
+def compiled_on(device: torch.device) -> bool:
+    """Whether kernels are compiled for ``device`` (on CPU they run in Triton's interpreter)."""
+    return device.type == "cuda"
 
 
 def _canonical(value: Any) -> Any:
@@ -138,6 +158,20 @@ class _Session:
     def _call(self, cand: Candidate) -> Callable[[], object]:
         op, params, a, b, kmap = self.op, cand.params, self.a, self.b, self.kmap
         return lambda: cand.algorithm.run(op, params, a, b, kmap)
+
+    def precompile(self, cands: list[Candidate]) -> None:
+        """Compile the kernels of the first candidates that compile per point side by side, so that their
+        checked runs only load them (CUDA; as many as two rounds of the compile threads)."""
+        workers = compile_workers()
+        todo = [c for c in cands if c.algorithm.precompiles][:2 * workers]
+        if not compiled_on(self.device) or workers < 2 or len(todo) < 2:
+            return
+        with precompiling(workers):
+            for cand in todo:
+                try:
+                    self._call(cand)()
+                except Exception:  # noqa: BLE001 - the candidate's checked run reports its own failure
+                    log.debug("precompiling %s failed", cand.label, exc_info=True)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -259,6 +293,7 @@ def benchmark(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Si
     with torch.no_grad():
         session = _Session(op, a, b, kmap, sig, budget)
         ordered, pruned = _plan(todo, sig)
+        session.precompile(ordered)
         new = {c.ident: c.result("pruned", error=f"estimated over {PRUNE_FACTOR:g}x its algorithm's best")
                for c in pruned}
 

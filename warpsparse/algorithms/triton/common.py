@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from warpsparse.algorithms.base import ParamSpace, Signature
+from warpsparse.triton_launch import cdiv, pow2_at_least
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -62,16 +63,6 @@ def device_limits(device_type: str) -> tuple[int, int]:
     if device_type == "cuda" and torch.cuda.is_available():
         return _cuda_limits(torch.cuda.current_device())
     return 8, 99 * 1024
-
-
-def cdiv(a: int, b: int) -> int:
-    """``ceil(a / b)`` for host ints (``triton.cdiv`` costs a JIT-function call on newer Triton)."""
-    return -(-a // b)
-
-
-def pow2_at_least(n: int) -> int:
-    """The smallest power of two >= ``n`` (1 for n <= 1)."""
-    return 1 << max(n - 1, 0).bit_length()
 
 
 def chunk_lengths(work: int, tiles: int, step: int, sms: int) -> tuple[int, ...]:

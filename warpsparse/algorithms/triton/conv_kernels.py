@@ -38,7 +38,7 @@ def store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, SORT
     tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-@fast_launch
+@fast_launch(precompilable=True)
 @triton.jit
 def propagate_gather_kernel(
         x_ptr, w_ptr, y_ptr, sources_ptr, order_ptr, count_ptr, active_ptr,
@@ -73,7 +73,7 @@ def propagate_gather_kernel(
     store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, SORTED)
 
 
-@fast_launch
+@fast_launch(precompilable=True)
 @triton.jit
 def propagate_packed_kernel(
         x_ptr, w_ptr, y_ptr, nbr_ptr, n_rows, c_red, c_n, kvol, stride_x, stride_wk, stride_wr, stride_wn,
@@ -119,7 +119,7 @@ def put_partial(out_ptr, acc, within, ok, atomic_base, store_base, ATOMIC: tl.co
         tl.store(out_ptr + store_base + within, acc, mask=ok)
 
 
-@fast_launch
+@fast_launch(precompilable=True)
 @triton.jit
 def wgrad_pairs_kernel(
         x_ptr, dy_ptr, out_ptr, in_idx_ptr, out_idx_ptr, start_ptr, stop_ptr, offset_ptr,
@@ -150,7 +150,7 @@ def wgrad_pairs_kernel(
                 chunk.to(tl.int64) * tile, ATOMIC)
 
 
-@fast_launch
+@fast_launch(precompilable=True)
 @triton.jit
 def wgrad_packed_kernel(
         x_ptr, dy_ptr, out_ptr, nbr_ptr, n_rows, rows_per_split, c_in, c_out, kvol, stride_x, stride_dy,
@@ -179,7 +179,7 @@ def wgrad_packed_kernel(
                 split.to(tl.int64) * kvol * c_in * c_out, ATOMIC)
 
 
-@fast_launch
+@fast_launch(precompilable=True)
 @triton.jit
 def wgrad_rows_kernel(
         x_ptr, dy_ptr, out_ptr, nbr_ptr, order_ptr, n_rows, rows_per_split, c_in, c_out, kvol, stride_x,

@@ -7,11 +7,12 @@ import torch
 
 from warpsparse.algorithms.base import DEPTHWISE_OPS, PAIR_LIST_MS, Algorithm, Op, ParamSpace, Params, Signature
 from warpsparse.algorithms.triton import depthwise_kernels as K
-from warpsparse.algorithms.triton.common import (cdiv, channel_tiles, chunk_lengths, device_limits,
-                                                 explicit_space, rows, unsupported)
+from warpsparse.algorithms.triton.common import (channel_tiles, chunk_lengths, device_limits, explicit_space, rows,
+                                                 unsupported)
 from warpsparse.algorithms.triton.layouts import block_offsets, pair_chunks, pair_indices
 from warpsparse.algorithms.triton.reduction import segment_sum
 from warpsparse.coords.kernel_map import KernelMap
+from warpsparse.triton_launch import cdiv
 
 
 def _propagate_points(sig: Signature) -> Iterator[dict[str, Any]]:
@@ -83,6 +84,7 @@ class TritonImplicitDepthwise(Algorithm):
 
     name = "implicit"
     ops = DEPTHWISE_OPS
+    precompiles = True
 
     def applies_to(self, sig: Signature) -> str | None:
         return super().applies_to(sig) or unsupported(sig, K.dw_propagate_kernel)

@@ -12,7 +12,7 @@ from warpsparse.algorithms.triton.conv_kernels import store_rows
 from warpsparse.triton_launch import fast_launch
 
 
-@fast_launch
+@fast_launch(precompilable=True)
 @triton.jit
 def dw_propagate_kernel(
         x_ptr, w_ptr, y_ptr, sources_ptr, order_ptr, count_ptr, active_ptr, n_rows, c, kvol, stride_x, stride_w,
@@ -36,7 +36,7 @@ def dw_propagate_kernel(
     store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, SORTED)
 
 
-@fast_launch
+@fast_launch(precompilable=True)
 @triton.jit
 def dw_wgrad_kernel(
         x_ptr, dy_ptr, out_ptr, in_idx_ptr, out_idx_ptr, start_ptr, stop_ptr, offset_ptr, c, stride_x,

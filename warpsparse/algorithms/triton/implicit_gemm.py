@@ -7,12 +7,12 @@ import torch
 
 from warpsparse.algorithms.base import CONV_OPS, PAIR_LIST_MS, Algorithm, Op, ParamSpace, Params, Signature
 from warpsparse.algorithms.triton import conv_kernels as K
-from warpsparse.algorithms.triton.common import (cdiv, channel_tiles, chunk_lengths, device_limits,
-                                                 dot_precision, explicit_space, pow2_at_least, rows, unsupported,
-                                                 upcast_dots)
+from warpsparse.algorithms.triton.common import (channel_tiles, chunk_lengths, device_limits, dot_precision,
+                                                 explicit_space, rows, unsupported, upcast_dots)
 from warpsparse.algorithms.triton.layouts import block_offsets, pair_chunks, pair_indices, split_bounds
 from warpsparse.algorithms.triton.reduction import segment_sum
 from warpsparse.coords.kernel_map import KernelMap
+from warpsparse.triton_launch import cdiv, pow2_at_least
 
 # the packed forms pay off while the reduction channels leave most of a 32-wide tile empty
 PACKED_BELOW = 32
@@ -274,6 +274,7 @@ class TritonImplicitGemm(Algorithm):
 
     name = "implicit_gemm"
     ops = CONV_OPS
+    precompiles = True
 
     def applies_to(self, sig: Signature) -> str | None:
         return super().applies_to(sig) or unsupported(sig, K.propagate_gather_kernel)

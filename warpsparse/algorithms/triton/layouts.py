@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from warpsparse.coords.kernel_map import KernelMap
-from warpsparse.triton_launch import fast_launch
+from warpsparse.triton_launch import pow2_at_least, fast_launch
 
 _CACHE: "weakref.WeakKeyDictionary[KernelMap, dict[Any, Any]]" = weakref.WeakKeyDictionary()
 
@@ -89,7 +89,7 @@ def block_offsets(kmap: KernelMap, sort: bool, block_m: int) -> BlockOffsets:
         if blocks:
             _block_offsets_kernel[(blocks,)](kmap.nbr.contiguous(), count if order is None else order, count,
                                              active, sources, n, KV=k, SORTED=sort, BLOCK_M=block_m,
-                                             KP=triton.next_power_of_2(k), num_warps=4)
+                                             KP=pow2_at_least(k), num_warps=4)
         return BlockOffsets(order, count, active, sources)
 
     return _cached(kmap, ("block_offsets", sort, block_m), build)

@@ -6,8 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from warpsparse.algorithms.triton.common import cdiv
-from warpsparse.triton_launch import fast_launch
+from warpsparse.triton_launch import cdiv, fast_launch, pow2_at_least
 
 BLOCK_M = 64
 
@@ -49,7 +48,7 @@ def _scatter_rows_kernel(g_ptr, src_ptr, dx_ptr, n, c, BLOCK_M: tl.constexpr, BL
 
 
 def _grid(n: int, c: int) -> tuple[tuple[int, int], int]:
-    block_c = min(triton.next_power_of_2(max(c, 1)), 64)
+    block_c = min(pow2_at_least(max(c, 1)), 64)
     return (cdiv(n, BLOCK_M), cdiv(c, block_c)), block_c
 
 

@@ -5,13 +5,12 @@ import torch
 import triton
 import triton.language as tl
 
-from warpsparse.algorithms.triton.common import cdiv
-from warpsparse.triton_launch import fast_launch
+from warpsparse.triton_launch import cdiv, fast_launch
 
 _BLOCK = 1024
 
 
-@fast_launch
+@fast_launch(precompilable=True)
 @triton.jit
 def segment_sum_kernel(ws_ptr, out_ptr, bounds_ptr, n_elem, BLOCK: tl.constexpr):
     """``out[g] = sum_{c in bounds[g]:bounds[g+1]} ws[c]`` in order, cast to ``out``'s dtype."""
