@@ -56,13 +56,20 @@ def test_coordinates_outside_shape(column, limit_name):
         warpsparse.SparseTensor(torch.randn(10, 2), coords, spatial_shape=(5, 5, 5), batch_size=2)
 
 
-def test_duplicate_sites_report_count_and_first_row():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device")])])
+@pytest.mark.parametrize("given", [False, True], ids=["inferred", "given"])
+def test_duplicate_sites_report_count_and_first_row(device, given):
+    """Counted by sorting on CPU and by the coordinate hash table on CUDA (which the tensor then keeps)."""
     coords = _coords()
     coords[7] = coords[2]  # the first row repeating an earlier one
     coords[9] = coords[1]
     coords[8] = coords[1]
+    shape = dict(spatial_shape=(5, 5, 5), batch_size=2) if given else {}
     with pytest.raises(ValueError, match=r"3 duplicate site\(s\); the first repeated one is row 7 = .*voxelize"):
-        warpsparse.SparseTensor(torch.randn(10, 2), coords)
+        warpsparse.SparseTensor(torch.randn(10, 2, device=device), coords.to(device), **shape)
+    unique = warpsparse.SparseTensor(torch.randn(7, 2, device=device), _coords()[:7].to(device), **shape)
+    assert ("hash" in unique.coord_set.cache) == (device == "cuda")
 
 
 def test_features_coords_length_mismatch():

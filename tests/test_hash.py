@@ -156,6 +156,24 @@ def test_coord_table_maps_sites_to_rows_and_is_cached() -> None:
     assert torch.equal(rows.cpu(), torch.arange(coords.shape[0]))
 
 
+def test_coord_table_counts_repeated_sites() -> None:
+    """Built with a counter, the table adds every row whose site another row placed: duplicates, whichever
+    lane wins each race."""
+    shape = (5, 7, 4)
+    coords = random_coords(90, shape, batch=2, device=DEV)
+    picks = torch.randint(0, coords.shape[0], (37,), device=DEV)
+    twice = torch.cat([coords, coords[picks]])[torch.randperm(coords.shape[0] + 37, device=DEV)]
+    count = torch.zeros(1, dtype=torch.int32, device=DEV)
+    cs = CoordSet(twice, shape, 2)
+    coord_table(cs, repeats=count)
+    assert int(count) == 37
+    rows = coord_table(cs).lookup(pack(coords, key_radix(shape, 2)))
+    assert torch.equal(pack(twice[rows], key_radix(shape, 2)), pack(coords, key_radix(shape, 2)))
+    unique = torch.zeros(1, dtype=torch.int32, device=DEV)
+    coord_table(CoordSet(coords, shape, 2), repeats=unique)
+    assert int(unique) == 0
+
+
 @pytest.mark.parametrize("shape,batch", [((1 << 20, 1 << 20, 1 << 20), 4), ((1 << 17, 1 << 17, 1 << 17), 1024)])
 def test_largest_key_spaces_work(shape: tuple[int, int, int], batch: int) -> None:
     hi = torch.tensor([batch - 1, *(s - 1 for s in shape)])

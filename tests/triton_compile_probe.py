@@ -71,6 +71,7 @@ def exercise() -> None:
     subm = submanifold_geometry((3, 3, 3), (1, 1, 1))
     down = ConvGeometry((2, 2, 2), (2, 2, 2))
     table = triton_hash.coord_table(src)
+    triton_hash.coord_table(CoordSet(coords, (8, 8, 8), 2), repeats=torch.zeros(1, dtype=torch.int32))
     table.lookup(torch.arange(4))
     triton_hash.HashTable.allocate(16, "cpu").insert(torch.arange(4))
     triton_maps.fill_map(src, subm, src.spatial_shape, src)

@@ -7,6 +7,7 @@ import torch
 
 from warpsparse.coords.coord_set import CoordSet
 from warpsparse.coords.keys import key_radix, pack
+from warpsparse.coords.triton_hash import coord_table
 
 
 def _check_coords(coords: torch.Tensor, features: torch.Tensor) -> None:
@@ -51,25 +52,33 @@ def _batch_arg(batch_size: int | None) -> int | None:
     return int(batch_size)
 
 
-def _repeats(c: torch.Tensor, shape: tuple[int, int, int], batches: int) -> torch.Tensor:
-    """How many rows repeat an earlier row's site (a device scalar)."""
-    keys = torch.sort(pack(c, key_radix(shape, batches))).values
+def _repeats(sites: CoordSet) -> torch.Tensor:
+    """How many rows repeat another row's site (a device scalar). On CUDA the set's hash table, which its
+    kernel maps need anyway, counts them as it is built; elsewhere the packed keys are sorted."""
+    if sites.device.type == "cuda":
+        count = torch.zeros(1, dtype=torch.int32, device=sites.device)
+        coord_table(sites, repeats=count)
+        return count[0]
+    keys = torch.sort(pack(sites.coords, key_radix(sites.spatial_shape, sites.batch_size))).values
     return (keys[1:] == keys[:-1]).sum()
 
 
-def _validate_sites(coords: torch.Tensor, spatial_shape: Sequence[int] | None,
-                    batch_size: int | None) -> tuple[tuple[int, int, int], int]:
-    """Check range and uniqueness and fill in the default shape and batch size: one host read when both are
-    given, two when one is inferred from the coordinates."""
+def _validate_sites(coords: torch.Tensor, spatial_shape: Sequence[int] | None, batch_size: int | None,
+                    device: torch.device) -> CoordSet:
+    """The checked site set of ``coords`` on ``device`` (range, uniqueness), with the default shape and batch
+    size filled in: one host read when both are given, two when one is inferred from the coordinates."""
     shape, batches = _shape_arg(spatial_shape), _batch_arg(batch_size)
+    sites = coords.to(device=device, dtype=torch.int32).contiguous()
     if coords.shape[0] == 0:
         if shape is None or batches is None:
             raise ValueError("an empty SparseTensor needs spatial_shape and batch_size")
-        return shape, batches
+        return CoordSet(sites, shape, batches)
     c = coords.long()
     parts = [c.min(dim=0).values, c.max(dim=0).values]
+    candidate = None
     if shape is not None and batches is not None:  # counted now; only read if the range check passes
-        parts.append(_repeats(c, shape, batches).view(1))
+        candidate = CoordSet(sites, shape, batches)
+        parts.append(_repeats(candidate).to(c.device, torch.int64).view(1))
     stats = torch.cat(parts).tolist()
     lo, hi = stats[:4], stats[4:8]
     if min(lo) < 0:
@@ -82,13 +91,14 @@ def _validate_sites(coords: torch.Tensor, spatial_shape: Sequence[int] | None,
         bad = int(outside.nonzero()[0])
         raise ValueError(f"coords row {bad} = {c[bad].tolist()} lies outside batch_size={batches}, "
                          f"spatial_shape={shape}")
-    repeats = stats[8] if len(stats) > 8 else int(_repeats(c, shape, batches))
+    result = candidate or CoordSet(sites, shape, batches)
+    repeats = stats[8] if candidate is not None else int(_repeats(result))
     if repeats:
         keys, order = torch.sort(pack(c, key_radix(shape, batches)), stable=True)
         row = int(order[1:][keys[1:] == keys[:-1]].min())
         raise ValueError(f"coords hold {repeats} duplicate site(s); the first repeated one is row {row} = "
                          f"{c[row].tolist()}. Merge points into sites with warpsparse.voxelize")
-    return shape, batches
+    return result
 
 
 class SparseTensor:
@@ -102,9 +112,7 @@ class SparseTensor:
                  batch_size: int | None = None) -> None:
         _check_features(features)
         _check_coords(coords, features)
-        shape, batches = _validate_sites(coords, spatial_shape, batch_size)
-        coord_set = CoordSet(coords.to(device=features.device, dtype=torch.int32).contiguous(), shape, batches)
-        self._init(features, coord_set, {})
+        self._init(features, _validate_sites(coords, spatial_shape, batch_size, features.device), {})
 
     def _init(self, features: torch.Tensor, coord_set: CoordSet, indice_store: dict[str, Any]) -> None:
         self.features = features

@@ -78,9 +78,10 @@ def find_keys(slots_ptr, key, todo, shift, hmask):
 
 @fast_launch
 @triton.jit
-def _insert_kernel(slots_ptr, src_ptr, n, shift, hmask, s0, s1, s2, FROM_COORDS: tl.constexpr,
-                   BLOCK: tl.constexpr):
-    """Insert row ``r`` of ``src`` (keys, or [N, 4] coordinates packed with radix ``s``) with value ``r``."""
+def _insert_kernel(slots_ptr, src_ptr, repeats_ptr, n, shift, hmask, s0, s1, s2, FROM_COORDS: tl.constexpr,
+                   COUNT: tl.constexpr, BLOCK: tl.constexpr):
+    """Insert row ``r`` of ``src`` (keys, or [N, 4] coordinates packed with radix ``s``) with value ``r``;
+    with ``COUNT``, add the rows whose key another row placed to ``repeats``."""
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = rows < n
     if FROM_COORDS:
@@ -93,6 +94,8 @@ def _insert_kernel(slots_ptr, src_ptr, n, shift, hmask, s0, s1, s2, FROM_COORDS:
         key = tl.load(src_ptr + rows, mask=live, other=0)
     slot, placed = insert_keys(slots_ptr, key, live, shift, hmask)
     tl.store(slots_ptr + 2 * slot + 1, rows.to(tl.int64), mask=placed)
+    if COUNT:
+        tl.atomic_add(repeats_ptr, tl.sum((live & ~placed).to(tl.int32), axis=0))
 
 
 @fast_launch
@@ -193,9 +196,9 @@ class HashTable:
         self.reserve(keys.numel())
         if keys.numel():
             block = INSERT.lanes_on(keys.device)
-            _insert_kernel[(cdiv(keys.numel(), block),)](self.slots, keys.contiguous(), keys.numel(),
-                                                                 *self.probe_args, 1, 1, 1, FROM_COORDS=False,
-                                                                 BLOCK=block, num_warps=INSERT.warps)
+            _insert_kernel[(cdiv(keys.numel(), block),)](self.slots, keys.contiguous(), self.slots, keys.numel(),
+                                                         *self.probe_args, 1, 1, 1, FROM_COORDS=False, COUNT=False,
+                                                         BLOCK=block, num_warps=INSERT.warps)
 
     def lookup(self, keys: torch.Tensor) -> torch.Tensor:
         """Values stored under ``keys`` (int64, same shape), ``-1`` where a key is absent."""
@@ -215,10 +218,12 @@ def _check_keys(keys: torch.Tensor, device: torch.device) -> None:
         raise ValueError(f"keys are on {keys.device} but the table on {device}")
 
 
-def coord_table(coord_set: CoordSet) -> HashTable:
+def coord_table(coord_set: CoordSet, repeats: torch.Tensor | None = None) -> HashTable:
     """The table of ``coord_set``'s sites (key -> row), built on first use and kept in ``coord_set.cache``.
 
-    Keys are packed with the set's own radix (``spatial_shape``, ``batch_size``); no device sync.
+    Keys are packed with the set's own radix (``spatial_shape``, ``batch_size``); no device sync. When the
+    table is built here and ``repeats`` (an int32 device counter) is given, the rows whose site another row
+    placed are added to it.
     """
     table = coord_set.cache.get(CACHE_KEY)
     if table is None:
@@ -228,8 +233,9 @@ def coord_table(coord_set: CoordSet) -> HashTable:
         table.reserve(n)
         if n:
             block = INSERT.lanes_on(coord_set.device)
-            _insert_kernel[(cdiv(n, block),)](table.slots, coord_set.coords.contiguous(), n,
-                                                     *table.probe_args, s0, s1, s2, FROM_COORDS=True, BLOCK=block,
-                                                     num_warps=INSERT.warps)
+            _insert_kernel[(cdiv(n, block),)](table.slots, coord_set.coords.contiguous(),
+                                              table.slots if repeats is None else repeats, n, *table.probe_args,
+                                              s0, s1, s2, FROM_COORDS=True, COUNT=repeats is not None,
+                                              BLOCK=block, num_warps=INSERT.warps)
         coord_set.cache[CACHE_KEY] = table
     return table
