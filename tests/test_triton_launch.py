@@ -1,6 +1,7 @@
 """`FastLaunch`: a compiled kernel is reused only for arguments Triton would specialize the same way."""
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -146,3 +147,16 @@ def test_precompiling_compiles_precompilable_kernels_only(monkeypatch):
     compute[(1,)](x, 5, B=2)
     assert _paths(compute) == ["triton", "warmup", "triton"], "outside, the new specialization launches"
     assert fast_launch(precompilable=True)(_Jitted()).precompilable
+
+
+def test_precompiling_leaves_other_threads_alone(monkeypatch):
+    """A thread launching while another thread precompiles runs its kernels."""
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(triton_launch, "_stream_of", lambda device: 7)
+    compute = FastLaunch(_Jitted(), precompilable=True)
+    x = torch.zeros(8)
+    with triton_launch.precompiling(2):
+        worker = threading.Thread(target=lambda: compute[(1,)](x, 5, B=1))
+        worker.start()
+        worker.join()
+    assert _paths(compute) == ["triton"]

@@ -130,7 +130,7 @@ def test_compiling_algorithms_precompile_their_first_points_side_by_side(monkeyp
     original = Fake.run
 
     def tracking(self, *args):
-        flags.append((self.name, triton_launch._precompiling))
+        flags.append((self.name, triton_launch._precompiling.get()))
         return original(self, *args)
 
     monkeypatch.setattr(Fake, "run", tracking)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from typing import Any, Callable, Hashable, Iterator, NamedTuple
 
 import torch
@@ -24,7 +25,7 @@ from triton import knobs
 from triton.runtime._async_compile import AsyncCompileMode
 from triton.runtime.driver import driver
 
-_precompiling = False
+_precompiling: ContextVar[bool] = ContextVar("warpsparse_precompiling", default=False)  # per thread
 
 
 def cdiv(a: int, b: int) -> int:
@@ -69,17 +70,16 @@ class _Entry(NamedTuple):
 
 @contextlib.contextmanager
 def precompiling(workers: int) -> Iterator[None]:
-    """Launches of ``precompilable`` kernels inside only compile them, ``workers`` at a time; leaving waits
-    for every compilation. Their outputs are left unwritten; compile errors are dropped here and surface at
+    """Launches of ``precompilable`` kernels from this thread inside only compile them, ``workers`` at a time;
+    leaving waits for every compilation. Other threads launch as usual. Their outputs are left unwritten; compile errors are dropped here and surface at
     the kernel's next real launch."""
-    global _precompiling
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="warpsparse-compile") as pool, \
             AsyncCompileMode(pool, ignore_errors=True):
-        _precompiling = True
+        token = _precompiling.set(True)
         try:
             yield
         finally:
-            _precompiling = False
+            _precompiling.reset(token)
 
 
 class FastLaunch:
@@ -103,7 +103,7 @@ class FastLaunch:
         device = torch.cuda.current_device()
         key = device, *kwargs.items(), *map(_spec, args, self.constexpr)
         entry = self.compiled.get(key)
-        if _precompiling and self.precompilable:
+        if self.precompilable and _precompiling.get():
             if entry is None:
                 self.fn.warmup(*args, grid=grid, **kwargs)  # queued on the pool by Triton's async compile mode
             return None
