@@ -207,7 +207,7 @@ class HashTable:
         if keys.numel():
             block = INSERT.lanes_on(keys.device)
             _lookup_kernel[(cdiv(keys.numel(), block),)](self.slots, keys.contiguous(), out, keys.numel(),
-                                                                 *self.probe_args, BLOCK=block, num_warps=INSERT.warps)
+                                                         *self.probe_args, BLOCK=block, num_warps=INSERT.warps)
         return out
 
 

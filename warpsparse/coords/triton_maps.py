@@ -25,7 +25,7 @@ from warpsparse.coords.geometry import ConvGeometry, Triple
 from warpsparse.coords.keys import key_radix
 from warpsparse.coords.triton_hash import (CACHE_KEY, HashTable, Launch, coord_table, find_keys, insert_keys,
                                            pack_key, require_runnable)
-from warpsparse.triton_launch import cdiv, pow2_at_least, fast_launch
+from warpsparse.triton_launch import cdiv, fast_launch, pow2_at_least
 
 MAP = Launch(512, 4)  # lanes = output rows x padded offsets per program of the map and row-mask kernels
 DISCOVER = Launch(256, 4)  # (input, kernel position) lanes per program of the output discovery
@@ -233,8 +233,8 @@ def discover_outputs(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> Co
             MULTIPLY=geom.transposed, BLOCK=block, num_warps=DISCOVER.warps)
         perm = torch.sort(keys).indices
         block = ROWS.lanes_on(dev)
-        _number_kernel[(cdiv(bound, block),)](perm, kslots, kcoords, table.slots, coords, count,
-                                                    BLOCK=block, num_warps=ROWS.warps)
+        _number_kernel[(cdiv(bound, block),)](perm, kslots, kcoords, table.slots, coords, count, BLOCK=block,
+                                              num_warps=ROWS.warps)
         m = int(count.item())  # the one host read
     coords = coords[:m] if 2 * m >= bound else coords[:m].clone()  # do not keep a mostly unused buffer alive
     out = CoordSet(coords, out_shape, src.batch_size)

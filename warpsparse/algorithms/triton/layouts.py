@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from warpsparse.coords.kernel_map import KernelMap
-from warpsparse.triton_launch import pow2_at_least, fast_launch
+from warpsparse.triton_launch import fast_launch, pow2_at_least
 
 _CACHE: "weakref.WeakKeyDictionary[KernelMap, dict[Any, Any]]" = weakref.WeakKeyDictionary()
 
