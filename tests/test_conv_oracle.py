@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -301,6 +302,32 @@ def test_explicit_gemm_every_param_point(geometry):
         assert_close(got, inp.ref_feats.grad, f"dgrad {params}")
         got = algo.run(Op.CONV_WGRAD, params, inp.feats.detach(), grad_out, kmap)
         assert_close(got, ref_w.grad, f"wgrad {params}")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_explicit_gemm_half_rounds_once(device, dtype):
+    """Half inputs: every op of explicit_gemm (looped and batched offsets) sums its products in fp32 and rounds
+    once, so each result is within one 16-bit step of the float64 result, even where tiny gradients would lose
+    their digits to per-product rounding."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    inp = random_input(200, 32, shape=(6, 6, 6))
+    kmap, _ = conv_map(inp.tensor().to(device), ConvGeometry((3, 3, 3), padding=(1, 1, 1)), "subm")
+    tiny = 2.0 ** -22 if dtype == torch.float16 else 2.0 ** -100  # fp16: subnormal results, coarse steps
+    x = inp.feats.detach().to(device, dtype)
+    w = (torch.randn(27, 32, 32, dtype=torch.float64) / 8).to(device, dtype)
+    dy = (torch.randn(kmap.num_out, 32, dtype=torch.float64) * tiny).to(device, dtype)
+    algo = ExplicitGemm()
+    for op, a, b in ((Op.CONV_FWD, x * tiny, w), (Op.CONV_DGRAD, dy, w), (Op.CONV_WGRAD, x, dy)):
+        exact = algo.run(op, {"batch_below": 0}, a.double(), b.double(), kmap)
+        step = (torch.nextafter(exact.abs().to(dtype), torch.tensor(math.inf, dtype=dtype, device=device))
+                - exact.abs().to(dtype)).double()
+        for params in algo.param_space(Signature.of(op, a, b, kmap)).points():
+            got = algo.run(op, params, a, b, kmap)
+            assert got.dtype == dtype
+            err = (got.double() - exact).abs()
+            assert bool((err <= step).all()), f"{op.value} {params}: {float((err / step).max()):.1f} steps off"
 
 
 def test_non_contiguous_inputs():

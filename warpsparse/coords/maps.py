@@ -16,9 +16,9 @@ def build_kernel_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple, out: 
     """Build the map of ``geom`` from ``src`` to the sites of ``out`` (or to every site some pair reaches).
 
     Returns the :class:`KernelMap` and the output :class:`CoordSet` (``out`` itself when given; otherwise a new
-    set in key order). ``builder`` picks the implementation: ``"triton"`` (hash tables, the default for CUDA
-    coordinates; on CPU only under ``TRITON_INTERPRET=1``) or ``"torch"`` (sort and searchsorted, the CPU
-    default). Both give the same maps.
+    set, its sites in the order of the first (input row, offset) reaching each). ``builder`` picks the
+    implementation: ``"triton"`` (hash tables, the default for CUDA coordinates; on CPU only under
+    ``TRITON_INTERPRET=1``) or ``"torch"`` (sort and searchsorted, the CPU default). Both give the same maps.
     """
     if builder is None:
         builder = "triton" if src.device.type == "cuda" else "torch"

@@ -32,7 +32,7 @@ def build_kernel_map_torch(in_coords: torch.Tensor, batch_size: int, geom: ConvG
     """Neighbour table ``nbr[N_out, K]`` (int32) and the output coordinates.
 
     With ``out_coords`` given, outputs are exactly those sites (pairs reaching other sites are dropped);
-    otherwise they are every site some pair reaches, in key order (batch-major, then x0, x1, x2).
+    otherwise they are every site some pair reaches, in the order of the first (input row, offset) reaching it.
     """
     k = geom.kernel_volume
     radix = key_radix(out_shape, batch_size)
@@ -40,8 +40,14 @@ def build_kernel_map_torch(in_coords: torch.Tensor, batch_size: int, geom: ConvG
     in_idx, k_idx = valid.nonzero(as_tuple=True)
     keys = pack(cand[in_idx, k_idx], radix)
     if out_coords is None:
-        uniq, out_idx = torch.unique(keys, sorted=True, return_inverse=True)
-        out_coords = unpack(uniq, radix)
+        uniq, inverse = torch.unique(keys, return_inverse=True)
+        first = torch.full_like(uniq, keys.numel()).scatter_reduce_(0, inverse, torch.arange(keys.numel(),
+                                                                                          device=keys.device), "amin")
+        order = torch.argsort(first)  # pairs run in (input row, offset) order: number outputs by their first pair
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel(), device=order.device)
+        out_idx = rank[inverse]
+        out_coords = unpack(uniq[order], radix)
     else:
         out_keys = pack(out_coords, radix)
         sorted_keys, perm = torch.sort(out_keys)

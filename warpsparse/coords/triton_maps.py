@@ -2,11 +2,11 @@
 
 Every map is filled output-driven: for each output site and kernel offset the one input position it reads is
 computed and looked up in the input set's table (``nbr`` and the row bitmask in one pass, no device sync).
-Without given outputs they are found first: every (input, offset) pair that can reach an output inserts the
-output's key into a fresh table (deduplicating); the keys placed first are compacted into a buffer sized by
-an upper bound and padded with a key above every real one, sorted and numbered in key order (so the outputs
-come out batch-major sorted like the PyTorch builder's), and only then counted: the one host read. That
-table then belongs to the output set, for the next layer to query.
+Without given outputs they are found first: every (input, offset) lane that can reach an output inserts the
+output's key into a fresh table (deduplicating) and records itself as a candidate first lane of that key; the
+lanes that are first for their key are counted with a scan and numbered in lane order, so outputs come out in
+the order of the first (input row, offset) reaching them, like the PyTorch builder's, without sorting. The
+total is the one host read. That table then belongs to the output set, for the next layer to query.
 
 Along an axis, a regular conv links input ``i`` and output ``o`` through kernel position ``t`` by
 ``i = o*s + t*d - p`` and a transposed conv by ``o = i*s + t*d - p``: going from the side that is multiplied
@@ -107,16 +107,19 @@ def _map_kernel(nbr_ptr, mask_ptr, count_ptr, out_ptr, n_out, slots_ptr, shift, 
     tl.atomic_add(count_ptr, tl.sum(tl.sum((src >= 0).to(tl.int64), axis=1), axis=0))
 
 
+_FIRST = tl.constexpr(2**62)  # a slot's value during discovery: _FIRST - (the smallest lane reaching it)
+
+
 @fast_launch
 @triton.jit
-def _discover_kernel(coords_ptr, n_lanes, slots_ptr, shift, hmask, keys_ptr, kslots_ptr, kcoords_ptr, count_ptr,
-                     lim0, lim1, lim2, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
+def _discover_kernel(coords_ptr, n_lanes, slots_ptr, shift, hmask, lane_slot_ptr, lim0, lim1, lim2,
+                     K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
                      S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
                      D2: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
                      M0: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr, B0: tl.constexpr, B1: tl.constexpr,
                      B2: tl.constexpr, MULTIPLY: tl.constexpr, BLOCK: tl.constexpr):
-    """Insert the output of every (input, usable kernel position) lane; compact the keys placed first, with
-    their slots and coordinates."""
+    """Insert the output of every (input, usable kernel position) lane, keep the smallest lane per output in
+    its slot's value, and store each lane's slot (``-1``: the lane reaches no output)."""
     J: tl.constexpr = B0 * B1 * B2
     lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = lanes < n_lanes
@@ -133,30 +136,43 @@ def _discover_kernel(coords_ptr, n_lanes, slots_ptr, shift, hmask, keys_ptr, ksl
     y1, ok1 = _relate(c1, t1, S1, D1, P1, lim1, MULTIPLY)
     y2, ok2 = _relate(c2, t2, S2, D2, P2, lim2, MULTIPLY)
     valid = live & ok0 & ok1 & ok2 & (t0 < K0) & (t1 < K1) & (t2 < K2)
-    key = pack_key(b, y0, y1, y2, lim0, lim1, lim2)
-    slot, placed = insert_keys(slots_ptr, key, valid, shift, hmask)
-    new = placed.to(tl.int32)
-    base = tl.atomic_add(count_ptr, tl.sum(new, axis=0))
-    pos = base + tl.cumsum(new, axis=0) - 1
-    tl.store(keys_ptr + pos, key.to(keys_ptr.dtype.element_ty), mask=placed)
-    tl.store(kslots_ptr + pos, slot, mask=placed)
-    tl.store(kcoords_ptr + 4 * pos, b, mask=placed)
-    tl.store(kcoords_ptr + 4 * pos + 1, y0, mask=placed)
-    tl.store(kcoords_ptr + 4 * pos + 2, y1, mask=placed)
-    tl.store(kcoords_ptr + 4 * pos + 3, y2, mask=placed)
+    slot, _ = insert_keys(slots_ptr, pack_key(b, y0, y1, y2, lim0, lim1, lim2), valid, shift, hmask)
+    tl.atomic_max(slots_ptr + 2 * slot + 1, lanes.to(tl.int64) * -1 + _FIRST, mask=valid, sem="relaxed")
+    tl.store(lane_slot_ptr + lanes, tl.where(valid, slot, -1).to(lane_slot_ptr.dtype.element_ty), mask=live)
 
 
 @fast_launch
 @triton.jit
-def _number_kernel(perm_ptr, kslots_ptr, kcoords_ptr, slots_ptr, coords_ptr, count_ptr, BLOCK: tl.constexpr):
-    """Output ``j`` = the ``j``-th smallest key (compact entry ``perm[j]``): store ``j`` as its table value and
-    copy its coordinates."""
-    j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    live = j < tl.load(count_ptr)
-    src = tl.load(perm_ptr + j, mask=live, other=0)
-    tl.store(slots_ptr + 2 * tl.load(kslots_ptr + src, mask=live, other=0) + 1, j.to(tl.int64), mask=live)
-    for c in tl.static_range(4):
-        tl.store(coords_ptr + 4 * j + c, tl.load(kcoords_ptr + 4 * src + c, mask=live, other=0), mask=live)
+def _first_lane_kernel(lane_slot_ptr, slots_ptr, first_ptr, n_lanes, BLOCK: tl.constexpr):
+    """``first[lane]`` = 1 where the lane is the smallest reaching its output, else 0."""
+    lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = lanes < n_lanes
+    slot = tl.load(lane_slot_ptr + lanes, mask=live, other=-1)
+    held = tl.load(slots_ptr + 2 * slot.to(tl.int64) + 1, mask=slot >= 0, other=0)
+    tl.store(first_ptr + lanes, (held == lanes.to(tl.int64) * -1 + _FIRST).to(tl.int32), mask=live)
+
+
+@fast_launch
+@triton.jit
+def _number_kernel(lane_slot_ptr, first_ptr, rank_ptr, slots_ptr, coords_ptr, n_lanes, s0, s1, s2,
+                   BLOCK: tl.constexpr):
+    """Output ``rank[lane] - 1`` for every first lane: store it as its slot's value and unpack its key (radix
+    ``s``) into the coordinates."""
+    lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = lanes < n_lanes
+    first = live & (tl.load(first_ptr + lanes, mask=live, other=0) != 0)
+    slot = tl.load(lane_slot_ptr + lanes, mask=first, other=0).to(tl.int64)
+    out = tl.load(rank_ptr + lanes, mask=first, other=1).to(tl.int64) - 1
+    key = tl.load(slots_ptr + 2 * slot, mask=first, other=0)
+    tl.store(slots_ptr + 2 * slot + 1, out, mask=first)
+    x2 = key % s2
+    key = key // s2
+    x1 = key % s1
+    key = key // s1
+    tl.store(coords_ptr + 4 * out, (key // s0).to(tl.int32), mask=first)
+    tl.store(coords_ptr + 4 * out + 1, (key % s0).to(tl.int32), mask=first)
+    tl.store(coords_ptr + 4 * out + 2, x1.to(tl.int32), mask=first)
+    tl.store(coords_ptr + 4 * out + 3, x2.to(tl.int32), mask=first)
 
 
 @fast_launch
@@ -199,43 +215,43 @@ def _reach_per_axis(geom: ConvGeometry) -> tuple[Triple, Triple]:
 
 
 def discover_outputs(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> CoordSet:
-    """Every output site of ``out_shape`` some input of ``src`` reaches, in key order, with its table cached.
+    """Every output site of ``out_shape`` some input of ``src`` reaches, in the order of the first (input row,
+    offset) reaching it, with its table cached.
 
-    The keys are sorted and numbered before the one host read (the output count): the candidate buffer is
-    sized by the bound and padded with a key above every real one.
+    Lanes are (input row, usable kernel position) in increasing order of both, so lane order is (row, offset)
+    order. The one host read is the output count, after the outputs are numbered.
     """
     require_runnable(src.device)
     radix = key_radix(out_shape, src.batch_size)  # ValueError past 2**62 keys; the radix is out_shape itself
     period, most = _reach_per_axis(geom)
     per_site = most[0] * most[1] * most[2]
     n = src.num_points
-    space = src.batch_size * math.prod(out_shape)
     lanes = n * per_site
     if lanes > _MAX_LANES:
         raise ValueError(f"{n} input sites x {per_site} reachable offsets = {lanes} candidate outputs, more than "
                          f"the {_MAX_LANES} one map build supports; split the batch")
-    bound = min(lanes, space)
+    bound = min(lanes, src.batch_size * math.prod(out_shape))
     dev = src.device
     table = HashTable.allocate(bound, dev)
     table.reserve(bound)
-    key_type = torch.int32 if space < 2**31 else torch.int64  # a 32-bit sort is faster
-    keys = torch.full((bound,), torch.iinfo(key_type).max, dtype=key_type, device=dev)
-    kslots = torch.empty(bound, dtype=torch.int64, device=dev)
-    kcoords = torch.empty((bound, 4), dtype=torch.int32, device=dev)
-    count = torch.zeros(1, dtype=torch.int32, device=dev)
     coords = torch.empty((bound, 4), dtype=torch.int32, device=dev)
     m = 0
     if lanes:
+        slot_type = torch.int32 if table.capacity < 2**31 else torch.int64
+        lane_slot = torch.empty(lanes, dtype=slot_type, device=dev)
+        first = torch.empty(lanes, dtype=torch.int32, device=dev)
         block = DISCOVER.lanes_on(dev)
         _discover_kernel[(cdiv(lanes, block),)](
-            src.coords.contiguous(), lanes, table.slots, *table.probe_args, keys, kslots, kcoords, count, *radix,
+            src.coords.contiguous(), lanes, table.slots, *table.probe_args, lane_slot, *radix,
             **_geometry_args(geom), M0=period[0], M1=period[1], M2=period[2], B0=most[0], B1=most[1], B2=most[2],
             MULTIPLY=geom.transposed, BLOCK=block, num_warps=DISCOVER.warps)
-        perm = torch.sort(keys).indices
         block = ROWS.lanes_on(dev)
-        _number_kernel[(cdiv(bound, block),)](perm, kslots, kcoords, table.slots, coords, count, BLOCK=block,
-                                              num_warps=ROWS.warps)
-        m = int(count.item())  # the one host read
+        grid = (cdiv(lanes, block),)
+        _first_lane_kernel[grid](lane_slot, table.slots, first, lanes, BLOCK=block, num_warps=ROWS.warps)
+        rank = torch.cumsum(first, 0, dtype=torch.int32)
+        _number_kernel[grid](lane_slot, first, rank, table.slots, coords, lanes, *radix, BLOCK=block,
+                             num_warps=ROWS.warps)
+        m = int(rank[-1])  # the one host read
     coords = coords[:m] if 2 * m >= bound else coords[:m].clone()  # do not keep a mostly unused buffer alive
     out = CoordSet(coords, out_shape, src.batch_size)
     out.cache[CACHE_KEY] = table

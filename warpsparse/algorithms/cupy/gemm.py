@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from warpsparse.algorithms.base import CONV_OPS, PAIR_LIST_MS, Op, Params, Signature
+from warpsparse.algorithms.base import CONV_OPS, MASK_SORT_MS, PAIR_LIST_MS, Op, Params, Signature
 from warpsparse.algorithms.cupy import runtime
 from warpsparse.algorithms.cupy.common import CupyAlgorithm, Instantiation, contiguous, sum_splits
 from warpsparse.algorithms.cupy.configs import (DT_CODE, GemmKernel, conv_points, gemm_kernel, sum_splits_name,
@@ -98,7 +98,9 @@ class CupyImplicitGemm(CupyAlgorithm):
                 -p["block_k"], abs(p["stages"] - 3), p.get("reduce") == "atomic", -p.get("split", 1))
 
     def setup_ms(self, sig: Signature, params: Params) -> float:
-        return PAIR_LIST_MS if sig.op == Op.CONV_WGRAD else 0.0  # the weight gradient walks the pair list
+        if sig.op == Op.CONV_WGRAD:
+            return PAIR_LIST_MS  # the weight gradient walks the pair list
+        return MASK_SORT_MS if params.get("sorted", True) else 0.0
 
     def instantiations(self, sig: Signature) -> list[Instantiation]:
         wgrad = sig.op == Op.CONV_WGRAD

@@ -13,6 +13,19 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def matmul_acc(a: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """``a @ b`` (2-D or batched 3-D) summed and returned in ``acc``: half inputs are not rounded to 16 bits per
+    product, so small gradients keep their digits (CUDA ``out_dtype`` matmul where torch has it, else a cast)."""
+    if a.dtype == acc:
+        return a @ b
+    if a.is_cuda:
+        try:
+            return (torch.bmm if a.dim() == 3 else torch.mm)(a, b, out_dtype=acc)
+        except (TypeError, RuntimeError, NotImplementedError):  # torch without the out_dtype overload
+            pass
+    return a.to(acc) @ b.to(acc)
+
+
 def offset_ranges(counts: tuple[int, ...]) -> list[tuple[int, int]]:
     """``(start, stop)`` of every offset's pairs in the pair list."""
     ranges, start = [], 0

@@ -6,27 +6,29 @@ import math
 import torch
 
 from warpsparse.algorithms.base import CONV_OPS, PAIR_LIST_MS, Algorithm, Op, ParamSpace, Params, Signature
-from warpsparse.algorithms.explicit.common import accumulation_dtype, identity_offset, offset_ranges, split_offsets
+from warpsparse.algorithms.explicit.common import (accumulation_dtype, identity_offset, matmul_acc, offset_ranges,
+                                                   split_offsets)
 from warpsparse.coords.kernel_map import KernelMap
 
 
 def _propagate(src: torch.Tensor, weight: torch.Tensor, src_idx: torch.Tensor, dst_idx: torch.Tensor,
                kmap: KernelMap, n_dst: int, batch_below: float) -> torch.Tensor:
     """``dst[d] = sum_k src[s] @ weight[k]`` over the pairs (s, d) of every offset k."""
-    acc = torch.zeros(n_dst, weight.shape[2], dtype=accumulation_dtype(src.dtype), device=src.device)
+    acc_dtype = accumulation_dtype(src.dtype)
+    acc = torch.zeros(n_dst, weight.shape[2], dtype=acc_dtype, device=src.device)
     centre = identity_offset(kmap)
     if centre is not None:
-        acc += src @ weight[centre]
+        acc += matmul_acc(src, weight[centre], acc_dtype)
     looped, batch = split_offsets(kmap, batch_below)
     pairs = kmap.pairs
     ranges = offset_ranges(pairs.counts)
     for k in looped:
         start, stop = ranges[k]
-        acc.index_add_(0, dst_idx[start:stop], (src[src_idx[start:stop]] @ weight[k]).to(acc.dtype))
+        acc.index_add_(0, dst_idx[start:stop], matmul_acc(src[src_idx[start:stop]], weight[k], acc_dtype))
     if batch is not None:
         rows = src[src_idx[batch.pos]] * batch.valid[..., None]
-        prod = torch.bmm(rows, weight[batch.offsets])
-        acc.index_add_(0, dst_idx[batch.pos[batch.valid]], prod[batch.valid].to(acc.dtype))
+        prod = matmul_acc(rows, weight[batch.offsets], acc_dtype)
+        acc.index_add_(0, dst_idx[batch.pos[batch.valid]], prod[batch.valid])
     return acc.to(src.dtype)
 
 
@@ -37,17 +39,17 @@ def _weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kmap: KernelMap, batch
     dw = torch.zeros(k_vol, x.shape[1], grad_out.shape[1], dtype=acc_dtype, device=x.device)
     centre = identity_offset(kmap)
     if centre is not None:
-        dw[centre] = (x.t() @ grad_out).to(acc_dtype)
+        dw[centre] = matmul_acc(x.t(), grad_out, acc_dtype)
     looped, batch = split_offsets(kmap, batch_below)
     pairs = kmap.pairs
     ranges = offset_ranges(pairs.counts)
     for k in looped:
         start, stop = ranges[k]
-        dw[k] = (x[pairs.in_idx[start:stop]].t() @ grad_out[pairs.out_idx[start:stop]]).to(acc_dtype)
+        dw[k] = matmul_acc(x[pairs.in_idx[start:stop]].t(), grad_out[pairs.out_idx[start:stop]], acc_dtype)
     if batch is not None:
         a = x[pairs.in_idx[batch.pos]] * batch.valid[..., None]
         b = grad_out[pairs.out_idx[batch.pos]]
-        dw[batch.offsets] = torch.bmm(a.transpose(1, 2), b).to(acc_dtype)
+        dw[batch.offsets] = matmul_acc(a.transpose(1, 2), b, acc_dtype)
     return dw.to(x.dtype)
 
 

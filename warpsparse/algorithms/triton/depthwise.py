@@ -5,7 +5,8 @@ from typing import Any, Iterator
 
 import torch
 
-from warpsparse.algorithms.base import DEPTHWISE_OPS, PAIR_LIST_MS, Algorithm, Op, ParamSpace, Params, Signature
+from warpsparse.algorithms.base import (DEPTHWISE_OPS, MASK_SORT_MS, PAIR_LIST_MS, Algorithm, Op,
+                                        ParamSpace, Params, Signature)
 from warpsparse.algorithms.triton import depthwise_kernels as K
 from warpsparse.algorithms.triton.common import (channel_tiles, chunk_lengths, device_limits, explicit_space, rows,
                                                  unsupported)
@@ -100,7 +101,9 @@ class TritonImplicitDepthwise(Algorithm):
                 "num_stages": 3}
 
     def setup_ms(self, sig: Signature, params: Params) -> float:
-        return PAIR_LIST_MS if sig.op == Op.DW_WGRAD else 0.0  # the weight gradient walks the pair list
+        if sig.op == Op.DW_WGRAD:
+            return PAIR_LIST_MS  # the weight gradient walks the pair list
+        return MASK_SORT_MS if params["sorted"] else 0.0
 
     def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
         kvol = kmap.kernel_volume

@@ -5,7 +5,8 @@ from typing import Any, Iterator
 
 import torch
 
-from warpsparse.algorithms.base import CONV_OPS, PAIR_LIST_MS, Algorithm, Op, ParamSpace, Params, Signature
+from warpsparse.algorithms.base import (CONV_OPS, MASK_SORT_MS, PAIR_LIST_MS, Algorithm, Op,
+                                        ParamSpace, Params, Signature)
 from warpsparse.algorithms.triton import conv_kernels as K
 from warpsparse.algorithms.triton.common import (channel_tiles, chunk_lengths, device_limits, dot_precision,
                                                  explicit_space, rows, unsupported, upcast_dots)
@@ -107,7 +108,8 @@ def _wgrad_default(sig: Signature) -> dict[str, Any]:
     sms = device_limits(sig.device_type)[0]
     chunks = chunk_lengths(sig.n_out, tiles * (1 if packed else sig.kernel_volume), block_k, sms)
     chunk = chunks[-1] if packed and sig.dtype.itemsize == 4 else chunks[0]  # packed fp32 likes shorter chunks
-    return {"mode": "packed" if packed else "rows", "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": _warps(block_m, block_n), "num_stages": 2, "chunk": chunk,
+    return {"mode": "packed" if packed else "rows", "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
+            "num_warps": _warps(block_m, block_n), "num_stages": 2, "chunk": chunk,
             "deterministic": True}
 
 
@@ -292,7 +294,9 @@ class TritonImplicitGemm(Algorithm):
         return estimate_seconds(sig, params)
 
     def setup_ms(self, sig: Signature, params: Params) -> float:
-        return PAIR_LIST_MS if sig.op == Op.CONV_WGRAD and params["mode"] == "pairs" else 0.0
+        if sig.op == Op.CONV_WGRAD:
+            return {"pairs": PAIR_LIST_MS, "rows": MASK_SORT_MS}.get(params["mode"], 0.0)
+        return MASK_SORT_MS if params["sorted"] else 0.0
 
     def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
         if op == Op.CONV_FWD:
