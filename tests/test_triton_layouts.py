@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from warpsparse.algorithms.triton.layouts import block_offsets
+from warpsparse.algorithms.triton.layouts import block_offsets, pair_chunks
 from warpsparse.algorithms.triton.pooling import max_pool_backward, max_pool_forward
 from warpsparse.coords.kernel_map import KernelMap
 from warpsparse.coords.maps import build_kernel_map
@@ -21,6 +21,26 @@ from test_triton_conv import DEV, coord_set, make_map
 def _random_table(n_out: int, n_in: int, kvol: int, density: float) -> torch.Tensor:
     nbr = torch.randint(0, max(n_in, 1), (n_out, kvol), dtype=torch.int32)
     return nbr.masked_fill(torch.rand(n_out, kvol) > density, -1).to(DEV)
+
+
+@pytest.mark.parametrize("variant", ["subm", "strided", "transposed", "isolated"])
+@pytest.mark.parametrize("chunk", [1, 3, 16, 4096])
+def test_pair_chunks_tile_each_offsets_pairs(variant, chunk):
+    """Chunks cover every offset's pairs in order, at most ``chunk`` each, never straddling two offsets."""
+    kmap = make_map(variant)
+    chunks = pair_chunks(kmap, chunk)
+    pairs = kmap.pairs
+    start, stop, offset = chunks.start.tolist(), chunks.stop.tolist(), chunks.offset.tolist()
+    bounds = chunks.bounds.tolist()
+    assert chunks.num_chunks == len(start) == len(stop) == len(offset) == bounds[-1]
+    assert len(bounds) == kmap.kernel_volume + 1 and chunks.start.device == kmap.device
+    pair_bounds = pairs.bounds.tolist()
+    for k in range(kmap.kernel_volume):
+        mine = range(bounds[k], bounds[k + 1])
+        assert all(offset[c] == k for c in mine)
+        covered = [p for c in mine for p in range(start[c], stop[c])]
+        assert covered == list(range(pair_bounds[k], pair_bounds[k + 1])), f"offset {k}"
+        assert all(0 < stop[c] - start[c] <= chunk for c in mine)
 
 
 @pytest.mark.parametrize("sort", [False, True])

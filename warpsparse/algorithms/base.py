@@ -88,13 +88,15 @@ class Signature:
 
 Params = Mapping[str, Any]
 
-#: Host time (ms) that the per-offset pair list costs a fresh kernel map (about 0.2 ms on an H100 host),
-#: shared by the two convolutions of a typical block that reuse the map.
+#: Host time (ms) that the per-offset pair list costs a fresh kernel map (0.2 ms for a 125k-site scan on an H100
+#: host, ``bench/host_costs.py``), shared by the two convolutions of a typical block that reuse the map.
 PAIR_LIST_MS = 0.1
 
-#: Host time (ms) of the mask sort behind mask-sorted rows (about 0.12 ms on an H100 host), shared likewise by
-#: the two ops that walk a map's rows sorted.
-MASK_SORT_MS = 0.06
+#: The same for the mask sort behind mask-sorted rows (0.07 ms there), shared by the ops that walk them.
+MASK_SORT_MS = 0.04
+
+#: The same for cutting the pair list into chunks with int32 copies of its indices (0.29 ms there).
+PAIR_CHUNKS_MS = 0.15
 
 
 @dataclass(frozen=True)

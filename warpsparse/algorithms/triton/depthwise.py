@@ -5,7 +5,7 @@ from typing import Any, Iterator
 
 import torch
 
-from warpsparse.algorithms.base import (DEPTHWISE_OPS, MASK_SORT_MS, PAIR_LIST_MS, Algorithm, Op,
+from warpsparse.algorithms.base import (DEPTHWISE_OPS, MASK_SORT_MS, PAIR_CHUNKS_MS, PAIR_LIST_MS, Algorithm, Op,
                                         ParamSpace, Params, Signature)
 from warpsparse.algorithms.triton import depthwise_kernels as K
 from warpsparse.algorithms.triton.common import (channel_tiles, chunk_lengths, device_limits, explicit_space, rows,
@@ -102,7 +102,7 @@ class TritonImplicitDepthwise(Algorithm):
 
     def setup_ms(self, sig: Signature, params: Params) -> float:
         if sig.op == Op.DW_WGRAD:
-            return PAIR_LIST_MS  # the weight gradient walks the pair list
+            return PAIR_LIST_MS + PAIR_CHUNKS_MS  # the weight gradient walks the pair list in chunks
         return MASK_SORT_MS if params["sorted"] else 0.0
 
     def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> torch.Tensor:

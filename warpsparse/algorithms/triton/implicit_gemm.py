@@ -5,7 +5,7 @@ from typing import Any, Iterator
 
 import torch
 
-from warpsparse.algorithms.base import (CONV_OPS, MASK_SORT_MS, PAIR_LIST_MS, Algorithm, Op,
+from warpsparse.algorithms.base import (CONV_OPS, MASK_SORT_MS, PAIR_CHUNKS_MS, PAIR_LIST_MS, Algorithm, Op,
                                         ParamSpace, Params, Signature)
 from warpsparse.algorithms.triton import conv_kernels as K
 from warpsparse.algorithms.triton.common import (channel_tiles, chunk_lengths, device_limits, dot_precision,
@@ -295,7 +295,7 @@ class TritonImplicitGemm(Algorithm):
 
     def setup_ms(self, sig: Signature, params: Params) -> float:
         if sig.op == Op.CONV_WGRAD:
-            return {"pairs": PAIR_LIST_MS, "rows": MASK_SORT_MS}.get(params["mode"], 0.0)
+            return {"pairs": PAIR_LIST_MS + PAIR_CHUNKS_MS, "rows": MASK_SORT_MS}.get(params["mode"], 0.0)
         return MASK_SORT_MS if params["sorted"] else 0.0
 
     def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> torch.Tensor:

@@ -9,6 +9,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -111,20 +112,24 @@ class PairChunks:
 
 
 def pair_chunks(kmap: KernelMap, chunk: int) -> PairChunks:
-    """The :class:`PairChunks` of ``kmap`` for chunks of ``chunk`` pairs."""
+    """The :class:`PairChunks` of ``kmap`` for chunks of ``chunk`` pairs: laid out on the host from the pair
+    list's host counts and copied to the device in one asynchronous transfer."""
 
     def build() -> PairChunks:
-        pairs = kmap.pairs
-        dev = kmap.device
-        k = kmap.kernel_volume
-        num_chunks = sum(-(-n // chunk) for n in pairs.counts)
-        per_offset = (pairs.bounds[1:] - pairs.bounds[:-1] + chunk - 1) // chunk
-        bounds = torch.zeros(k + 1, dtype=torch.int64, device=dev)
-        torch.cumsum(per_offset, 0, out=bounds[1:])
-        offset = torch.repeat_interleave(torch.arange(k, device=dev), per_offset, output_size=num_chunks)
-        start = pairs.bounds[offset] + (torch.arange(num_chunks, device=dev) - bounds[offset]) * chunk
-        stop = torch.minimum(start + chunk, pairs.bounds[offset + 1])
-        return PairChunks(start, stop, offset, bounds, num_chunks)
+        counts = np.asarray(kmap.pairs.counts, dtype=np.int64)
+        per_offset = -(-counts // chunk)
+        pair_bounds = np.concatenate(([0], np.cumsum(counts)))
+        bounds = np.concatenate(([0], np.cumsum(per_offset)))
+        n = int(bounds[-1])
+        offset = np.repeat(np.arange(counts.size), per_offset)
+        start = pair_bounds[offset] + (np.arange(n) - bounds[offset]) * chunk
+        stop = np.minimum(start + chunk, pair_bounds[offset + 1])
+        packed = torch.from_numpy(np.concatenate((start, stop, offset, bounds)))
+        if kmap.device.type == "cuda":  # pinned, so that the copy does not wait for the stream
+            packed = packed.pin_memory().to(kmap.device, non_blocking=True)
+        else:
+            packed = packed.to(kmap.device)
+        return PairChunks(packed[:n], packed[n:2 * n], packed[2 * n:3 * n], packed[3 * n:], n)
 
     return _cached(kmap, ("pair_chunks", chunk), build)
 
