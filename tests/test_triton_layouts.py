@@ -137,6 +137,9 @@ def test_reverse_of_symmetric_map_mirrors_the_source_layout(sort):
     rev_map = kmap.reversed()
     rev = block_offsets(rev_map, sort, 32)
     assert rev.sources is fwd.sources and rev.count is fwd.count
+    assert "nbr" not in vars(rev_map), "the mirrored layout must not materialize the reverse table"
+    assert (rev_map.num_out, rev_map.num_in, rev_map.num_pairs) == (kmap.num_in, kmap.num_out, kmap.num_pairs)
+    assert torch.equal(rev_map.nbr, kmap.nbr.flip(1))
     order = rev_map.sorted_order.long() if sort else torch.arange(rev_map.num_out, device=DEV)
     table = rev_map.nbr[order]
     for b in range(-(-rev_map.num_out // 32)):

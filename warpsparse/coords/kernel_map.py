@@ -106,19 +106,18 @@ class KernelMap:
 
     def reversed(self) -> "KernelMap":
         """The map from outputs back to inputs (``nbr_T[N_in, K]``), same offset numbering; cached."""
-        if self._reverse is None:
-            if self.symmetric:
-                nbr_t = self.nbr.flip(1).contiguous()
-            elif self.device.type == "cuda":
+        if self._reverse is None and self.symmetric:
+            self._reverse = _MirroredMap(self)
+        elif self._reverse is None:
+            if self.device.type == "cuda":
                 from warpsparse.coords.triton_maps import reverse_table
                 nbr_t = reverse_table(self.nbr, self.num_in)
             else:
                 nbr_t = torch.full((self.num_in, self.kernel_volume), -1, dtype=torch.int32, device=self.device)
                 p = self.pairs
                 nbr_t[p.in_idx, p.offset_of_pair] = p.out_idx.to(torch.int32)
-            rev = KernelMap(nbr_t, self.num_out, self.kernel_size, kind=f"{self.kind}_reversed",
-                            stride=self.stride, symmetric=self.symmetric, _mirror=self.symmetric, _reverse=self)
-            self._reverse = rev
+            self._reverse = KernelMap(nbr_t, self.num_out, self.kernel_size, kind=f"{self.kind}_reversed",
+                                      stride=self.stride, _reverse=self)
         return self._reverse
 
     @cached_property
@@ -158,3 +157,30 @@ class KernelMap:
         if self._mirror and self._reverse is not None:
             return self._reverse.sorted_nbr.flip(1)
         return self.nbr.index_select(0, self.sorted_order.long()).contiguous()
+
+
+class _MirroredMap(KernelMap):
+    """The reverse of a symmetric map: the source's table with offsets mirrored, made only when something reads
+    :attr:`nbr` (the implicit-GEMM layouts mirror the source's instead, so usually nothing does)."""
+
+    def __init__(self, source: KernelMap) -> None:
+        self._source = source
+        self.num_in, self.kernel_size, self.kind = source.num_out, source.kernel_size, f"{source.kind}_reversed"
+        self.stride, self.symmetric, self._mirror, self._reverse = source.stride, True, True, source
+        self._mask, self._pair_count = None, source._pair_count
+
+    @cached_property
+    def nbr(self) -> torch.Tensor:  # type: ignore[override]
+        return self._source.nbr.flip(1).contiguous()
+
+    @property
+    def num_out(self) -> int:
+        return self._source.num_in
+
+    @property
+    def device(self) -> torch.device:
+        return self._source.device
+
+    @property
+    def num_pairs(self) -> int:  # type: ignore[override]
+        return self._source.num_pairs

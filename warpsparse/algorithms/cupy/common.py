@@ -62,7 +62,7 @@ def prepare(name: str, op: Op, a: torch.Tensor, b: torch.Tensor,
     if a.dtype != b.dtype or a.dtype not in DT_CODE:
         raise TypeError(f"{name}: a and b must share one dtype among {_DTYPES}, got {a.dtype} and {b.dtype}")
     dev = a.get_device()  # -1 on CPU
-    if dev < 0 or b.get_device() != dev or kmap.nbr.get_device() != dev:
+    if dev < 0 or b.get_device() != dev or kmap.device != a.device:
         raise ValueError(f"{name}: a, b and the kernel map must be on one CUDA device, got {a.device}, "
                          f"{b.device} and {kmap.device}")
     rows_a, rows_b, dims_b, chan_dim = _expected(op, kmap)

@@ -40,7 +40,7 @@ def _wgrad_points(sig: Signature) -> Iterator[dict[str, Any]]:
 def propagate(src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, params: Params) -> torch.Tensor:
     """``y[o] = sum_k src[kmap.nbr[o, k]] * weight[k]``."""
     src, weight = rows(src), rows(weight)
-    n_rows, kvol = kmap.nbr.shape
+    n_rows, kvol = kmap.num_out, kmap.kernel_volume
     c = src.shape[1]
     y = torch.empty(n_rows, c, dtype=src.dtype, device=src.device)
     if n_rows == 0 or c == 0:

@@ -202,7 +202,7 @@ def estimate_seconds(sig: Signature, p: Params) -> float:
 def propagate(src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, params: Params) -> torch.Tensor:
     """``y[o] = sum_k src[kmap.nbr[o, k]] @ weight[k]`` (``weight`` [K, c_red, c_n], any strides)."""
     src = rows(src)
-    n_rows, kvol = kmap.nbr.shape
+    n_rows, kvol = kmap.num_out, kmap.kernel_volume
     c_red, c_n = weight.shape[1], weight.shape[2]
     y = torch.empty(n_rows, c_n, dtype=src.dtype, device=src.device)
     if n_rows == 0 or c_n == 0:

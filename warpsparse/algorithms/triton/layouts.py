@@ -74,7 +74,7 @@ def block_offsets(kmap: KernelMap, sort: bool, block_m: int) -> BlockOffsets:
     one kernel launch over the table, or none for the reverse of a symmetric map whose source has it."""
 
     def build() -> BlockOffsets:
-        n, k = kmap.nbr.shape
+        n, k = kmap.num_out, kmap.kernel_volume
         if kmap._mirror and kmap._reverse is not None:
             # the reverse of a symmetric map is its source with offsets mirrored (k -> K-1-k), rows in the same
             # order: the source's layout serves with its offset numbers mirrored
