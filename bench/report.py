@@ -313,7 +313,7 @@ def markdown(results: dict[str, Any]) -> str:
            f"{gpu}, driver {env.get('driver') or '-'}, {env.get('date')}; torch {env.get('torch')} "
            f"(CUDA {env.get('cuda_runtime') or '-'}), triton {env.get('triton') or '-'}, "
            f"cupy {env.get('cupy') or '-'}, spconv {env.get('spconv') or '-'} ({peer}); "
-           f"warpsparse {env.get('warpsparse')} ({(env.get('git_commit') or 'no git')[:12]}); "
+           f"warpsparse {env.get('warpsparse')} ({env.get('git_commit') or 'no git'}); "
            f"algorithms {', '.join(env.get('algorithms', []))}.", ""]
     cfg = results.get("config", {})
     out += [f"Configuration: device {cfg.get('device')}, dtypes {', '.join(cfg.get('dtypes', []))}, warpsparse "

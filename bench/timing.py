@@ -198,9 +198,10 @@ def _cpu_model() -> str:
 
 
 def _git_commit() -> str | None:
+    """The checkout's commit, ``-dirty`` when the files differ from it."""
     try:
-        done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True)
+        done = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty", "--abbrev=12"],
+                              capture_output=True, text=True, timeout=10, check=True)
         return done.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None

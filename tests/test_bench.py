@@ -131,3 +131,17 @@ def test_entry_point_tiny_gpu(tmp_path, monkeypatch):
             if name == "minkunet":
                 assert check["rel_error"] < 1e-3, check
     assert "| spconv_net | scan @ 3.2 m | fp32 |" in (out / "results.md").read_text()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_host_costs_tiny_gpu(monkeypatch, capsys):
+    """``bench/host_costs.py`` runs end to end and prints a time for every row."""
+    from bench import host_costs
+
+    monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "50")
+    monkeypatch.setattr("sys.argv", ["host_costs.py", "--sites", "300", "--channels", "16", "--calls", "3"])
+    host_costs.main()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.rstrip().endswith(" us")]
+    assert any(line.startswith("module fwd+bwd") for line in lines) and any("mask sort" in line for line in lines)
+    assert all(math.isfinite(float(line.split()[-2])) for line in lines), lines
