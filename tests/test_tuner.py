@@ -61,8 +61,10 @@ def test_fastest_correct_wins_wrong_crashing_mutating_partial_rejected(monkeypat
 
 
 def test_parameter_points_are_tuned_and_the_fastest_point_wins(monkeypatch):
-    fake = Fake("explicit_gemm", cost_ms=lambda p: {1: 15, 2: 2, 3: 8}[p["tile"]], space={"tile": (1, 2, 3)})
+    # costs far apart and no budget: a busy machine can neither reorder the points nor skip one
+    fake = Fake("explicit_gemm", cost_ms=lambda p: {1: 90, 2: 10, 3: 50}[p["tile"]], space={"tile": (1, 2, 3)})
     use_registry(monkeypatch, fake)
+    monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "inf")
     kmap = random_map()
     for op in (Op.CONV_FWD, Op.CONV_DGRAD, Op.CONV_WGRAD):
         a, b = operands(op, kmap)
@@ -378,6 +380,7 @@ class _SubnormalInputs(ExplicitGemm):
 def test_half_precision_reference_is_upcast_so_accurate_kernels_win(monkeypatch):
     # tiny fp16 gradients: whatever rounds them to fp16 on the way loses digits
     use_registry(monkeypatch, ExplicitGemm(), _Fp32Accumulating(), _SubnormalInputs())
+    monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "inf")  # every candidate is checked, however slow the machine
     kmap = random_map(300, 8)
     grad = (torch.randn(kmap.num_out, 64) * 1e-6).half()
     weight = (torch.randn(kmap.kernel_volume, 64, 64) * 0.05).half()
