@@ -1,12 +1,12 @@
 """Host cost of the pieces of one tuned SubM layer, on a small input so that the GPU waits on the host.
 
-    python bench/host_costs.py [--sites 4000] [--channels 64] [--dtype float16] [--calls 300]
+    python bench/host_costs.py [--sites 4000] [--channels 64] [--dtype float16] [--calls 300] [--maps 20]
 
 Each row is the wall time per call of a loop of ``--calls`` calls (device synchronized before and after the
 loop): a bare Triton launch, a tensor allocation, the dispatched forward, input-gradient and weight-gradient
 ops on a cached map, the module's forward, and its forward+backward; spconv's layer beside it when importable.
-Then, on the full scan, the wall time of each layout a fresh submanifold map needs, built step by step on 20
-fresh maps (what the tuner's ``setup_ms`` constants stand for).
+Then, on the full scan, the wall time of each layout a fresh submanifold map needs, built step by step on
+``--maps`` fresh maps (what the tuner's ``setup_ms`` constants stand for).
 """
 from __future__ import annotations
 
@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--maps", type=int, default=20, help="fresh maps per layout step")
     args = parser.parse_args()
     dev = torch.device("cuda")
     dtype = getattr(torch, args.dtype)
@@ -133,7 +134,7 @@ def main() -> None:
     for name, us in rows:
         print(f"{name:45s} {us:9.1f} us")
     print(f"fresh submanifold maps of the scan ({scan.num_sites} sites), wall time per map")
-    for name, us in layout_steps_us(scan):
+    for name, us in layout_steps_us(scan, args.maps):
         print(f"{name:45s} {us:9.1f} us")
 
 

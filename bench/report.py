@@ -309,11 +309,13 @@ def markdown(results: dict[str, Any]) -> str:
     wl = results.get("workloads", {})
     gpu = env.get("gpu") or f"CPU ({env.get('cpu')})"
     peer = "the peer" if env.get("peer") else env.get("peer_note") or "no peer"
+    commit = env.get("git_commit") or "no git"
+    commit = commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
     out = ["# warpsparse benchmark results", "",
            f"{gpu}, driver {env.get('driver') or '-'}, {env.get('date')}; torch {env.get('torch')} "
            f"(CUDA {env.get('cuda_runtime') or '-'}), triton {env.get('triton') or '-'}, "
            f"cupy {env.get('cupy') or '-'}, spconv {env.get('spconv') or '-'} ({peer}); "
-           f"warpsparse {env.get('warpsparse')} ({env.get('git_commit') or 'no git'}); "
+           f"warpsparse {env.get('warpsparse')} ({commit}); "
            f"algorithms {', '.join(env.get('algorithms', []))}.", ""]
     cfg = results.get("config", {})
     out += [f"Configuration: device {cfg.get('device')}, dtypes {', '.join(cfg.get('dtypes', []))}, warpsparse "

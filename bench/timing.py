@@ -198,11 +198,16 @@ def _cpu_model() -> str:
 
 
 def _git_commit() -> str | None:
-    """The checkout's commit, ``-dirty`` when the files differ from it."""
+    """The checkout's commit, with ``-dirty`` when tracked files differ from it."""
     try:
-        done = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty", "--abbrev=12"],
-                              capture_output=True, text=True, timeout=10, check=True)
-        return done.stdout.strip() or None
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+
+        commit = git("rev-parse", "HEAD")
+        if commit and git("status", "--porcelain", "--untracked-files=no"):
+            commit += "-dirty"
+        return commit or None
     except (OSError, subprocess.SubprocessError):
         return None
 

@@ -307,9 +307,10 @@ def test_explicit_gemm_every_param_point(geometry):
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_explicit_gemm_half_rounds_once(device, dtype):
-    """Half inputs: every op of explicit_gemm (looped and batched offsets) sums its products in fp32 and rounds
-    once, so each result is within one 16-bit step of the float64 result, even where tiny gradients would lose
-    their digits to per-product rounding."""
+    """Half inputs: every op of explicit_gemm (looped and batched offsets) keeps its per-offset partial results
+    in fp32 and rounds once, so each result is within one 16-bit step of the float64 result, even where tiny
+    values would lose their digits to a rounding per offset (forward and input gradient; the weight gradient
+    computes each offset with one matmul anyway)."""
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     inp = random_input(200, 32, shape=(6, 6, 6))

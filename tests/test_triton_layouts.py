@@ -34,6 +34,7 @@ def test_pair_chunks_tile_each_offsets_pairs(variant, chunk):
     bounds = chunks.bounds.tolist()
     assert chunks.num_chunks == len(start) == len(stop) == len(offset) == bounds[-1]
     assert len(bounds) == kmap.kernel_volume + 1 and chunks.start.device == kmap.device
+    assert {t.dtype for t in (chunks.start, chunks.stop, chunks.offset, chunks.bounds)} == {torch.int64}
     pair_bounds = pairs.bounds.tolist()
     for k in range(kmap.kernel_volume):
         mine = range(bounds[k], bounds[k + 1])
@@ -41,6 +42,13 @@ def test_pair_chunks_tile_each_offsets_pairs(variant, chunk):
         covered = [p for c in mine for p in range(start[c], stop[c])]
         assert covered == list(range(pair_bounds[k], pair_bounds[k + 1])), f"offset {k}"
         assert all(0 < stop[c] - start[c] <= chunk for c in mine)
+
+
+def test_pair_chunks_of_a_map_without_pairs():
+    kmap = KernelMap(torch.full((5, 8), -1, dtype=torch.int32, device=DEV), 4, (2, 2, 2))
+    chunks = pair_chunks(kmap, 16)
+    assert chunks.num_chunks == 0 and chunks.start.numel() == chunks.stop.numel() == chunks.offset.numel() == 0
+    assert chunks.bounds.tolist() == [0] * 9
 
 
 @pytest.mark.parametrize("sort", [False, True])
@@ -139,7 +147,10 @@ def test_reverse_of_symmetric_map_mirrors_the_source_layout(sort):
     assert rev.sources is fwd.sources and rev.count is fwd.count
     assert "nbr" not in vars(rev_map), "the mirrored layout must not materialize the reverse table"
     assert (rev_map.num_out, rev_map.num_in, rev_map.num_pairs) == (kmap.num_in, kmap.num_out, kmap.num_pairs)
-    assert torch.equal(rev_map.nbr, kmap.nbr.flip(1))
+    o, k = (kmap.nbr >= 0).nonzero(as_tuple=True)
+    reverse = torch.full((kmap.num_in, kmap.kernel_volume), -1, dtype=torch.int32, device=DEV)
+    reverse[kmap.nbr[o, k].long(), k] = o.to(torch.int32)  # nbr_T[nbr[o, k], k] = o
+    assert torch.equal(rev_map.nbr, reverse)
     order = rev_map.sorted_order.long() if sort else torch.arange(rev_map.num_out, device=DEV)
     table = rev_map.nbr[order]
     for b in range(-(-rev_map.num_out // 32)):

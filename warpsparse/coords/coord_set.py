@@ -14,7 +14,7 @@ class CoordSet:
     """Sites ``coords`` [N, 4] int32 (batch, x0, x1, x2) in a ``spatial_shape`` grid of ``batch_size`` batches.
 
     ``maps`` caches kernel maps whose *input* is this set (keyed by geometry); ``cache`` holds whatever the
-    builders keep per set (a GPU hash table, sorted keys). Both live as long as the set.
+    builders keep per set (the GPU hash table). Both live as long as the set.
     """
 
     coords: torch.Tensor

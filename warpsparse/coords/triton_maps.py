@@ -30,7 +30,7 @@ from warpsparse.triton_launch import cdiv, fast_launch, pow2_at_least
 MAP = Launch(512, 4)  # lanes = output rows x padded offsets per program of the map and row-mask kernels
 DISCOVER = Launch(256, 4)  # (input, kernel position) lanes per program of the output discovery
 ROWS = Launch(1024, 4)  # plain per-element kernels: numbering outputs, reversing maps
-_MAX_LANES = 2**31 - 1
+_MAX_LANES = 2**31 - 2**15  # lane indices of the last program (at most 2**14 lanes each) stay int32
 
 
 @triton.jit
@@ -123,7 +123,7 @@ def _discover_kernel(coords_ptr, n_lanes, slots_ptr, shift, hmask, lane_slot_ptr
     J: tl.constexpr = B0 * B1 * B2
     lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = lanes < n_lanes
-    row = lanes // J
+    row = (lanes // J).to(tl.int64)
     j = lanes % J
     b = tl.load(coords_ptr + 4 * row, mask=live, other=0)
     c0 = tl.load(coords_ptr + 4 * row + 1, mask=live, other=0)

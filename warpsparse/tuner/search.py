@@ -184,8 +184,8 @@ class _Session:
             reason = alg.applies_to(self.sig)
             if reason is not None:
                 raise RuntimeError(f"reference {name} does not apply: {reason}")
-            # half types: the reference runs on fp32 copies, so that fp16 products that round to subnormals
-            # (small gradients) cannot make it the least accurate candidate
+            # half types: the reference runs on fp32 copies, so that half arithmetic that loses digits (small
+            # gradients near the subnormals) cannot make the reference itself the least accurate result
             upcast = self.a.dtype in (torch.float16, torch.bfloat16)
             a, b = (self.a.float(), self.b.float()) if upcast else (self.a, self.b)
             self.ref = alg.run(self.op, alg.default_params(self.sig), a, b, self.kmap).to(self.a.dtype)

@@ -1,6 +1,7 @@
 """Shared pieces of the explicit algorithms: accumulation dtype and padded per-offset batches."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -13,16 +14,25 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+@functools.cache
+def _cuda_out_dtype() -> bool:
+    """Whether this torch's CUDA ``mm`` takes ``out_dtype`` (half inputs, fp32 result)."""
+    one = torch.ones(1, 1, dtype=torch.float16, device="cuda")
+    try:
+        torch.mm(one, one, out_dtype=torch.float32)
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
 def matmul_acc(a: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    """``a @ b`` (2-D or batched 3-D) summed and returned in ``acc``: half inputs are not rounded to 16 bits per
-    product, so small gradients keep their digits (CUDA ``out_dtype`` matmul where torch has it, else a cast)."""
+    """``a @ b`` (2-D or batched 3-D) summed and returned in ``acc``: a half-type result is not rounded to 16
+    bits per matmul, so small gradients keep their digits (CUDA ``out_dtype`` matmul where torch has it, else
+    a cast)."""
     if a.dtype == acc:
         return a @ b
-    if a.is_cuda:
-        try:
-            return (torch.bmm if a.dim() == 3 else torch.mm)(a, b, out_dtype=acc)
-        except (TypeError, RuntimeError, NotImplementedError):  # torch without the out_dtype overload
-            pass
+    if a.is_cuda and _cuda_out_dtype():
+        return (torch.bmm if a.dim() == 3 else torch.mm)(a, b, out_dtype=acc)
     return a.to(acc) @ b.to(acc)
 
 

@@ -61,7 +61,7 @@ def _propagate_points(sig: Signature) -> Iterator[dict[str, Any]]:
     c_red, c_n, _ = _propagate_dims(sig)
     default = _propagate_default(sig)
     if default["mode"] == "gather":
-        yield {**default, "sorted": False}  # rows in key order: better locality, worse offset skipping
+        yield {**default, "sorted": False}  # rows in map order: better locality, worse offset skipping
     for block_m, block_n in _row_tiles(sig, c_n):
         for stages in (2, 3):
             point = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": _warps(block_m, block_n),
@@ -153,7 +153,7 @@ _MAC_RATE = {"half": 4e14, "tf32": 2e14, "ieee": 3e13}  # multiply-adds per seco
 _L2_RATE = 6e12  # bytes per second from L2 into the multiprocessors
 _DRAM_RATE = 3e12
 # pairs over (row, offset) products computed when blocks skip offsets none of their rows use, measured on
-# a LiDAR scan at 0.1 m with 64-row blocks (mask-sorted rows, rows in key order)
+# a LiDAR scan at 0.1 m with 64-row blocks (mask-sorted rows, rows in map order)
 _FILL = {True: 0.5, False: 0.25}
 
 

@@ -71,16 +71,15 @@ def _block_offsets_kernel(nbr_ptr, order_ptr, count_ptr, active_ptr, sources_ptr
 
 def block_offsets(kmap: KernelMap, sort: bool, block_m: int) -> BlockOffsets:
     """The :class:`BlockOffsets` of ``kmap`` for row blocks of ``block_m`` (mask-sorted rows when ``sort``):
-    one kernel launch over the table, or none for the reverse of a symmetric map whose source has it."""
+    one kernel launch over the table; the reverse of a symmetric map mirrors its source's (built once)."""
 
     def build() -> BlockOffsets:
         n, k = kmap.num_out, kmap.kernel_volume
         if kmap._mirror and kmap._reverse is not None:
             # the reverse of a symmetric map is its source with offsets mirrored (k -> K-1-k), rows in the same
-            # order: the source's layout serves with its offset numbers mirrored
-            mirrored = _CACHE.get(kmap._reverse, {}).get(("block_offsets", sort, block_m))
-            if mirrored is not None:
-                return BlockOffsets(mirrored.order, mirrored.count, (k - 1) - mirrored.active, mirrored.sources)
+            # order: the source's layout (built now if the source has none) serves with its offsets mirrored
+            mirrored = block_offsets(kmap._reverse, sort, block_m)
+            return BlockOffsets(mirrored.order, mirrored.count, (k - 1) - mirrored.active, mirrored.sources)
         dev = kmap.device
         blocks = -(-n // block_m)
         order = kmap.sorted_order if sort else None
