@@ -23,11 +23,13 @@ ALL_ENV_VARS = sorted({v for vs in ENV_VARS.values() for v in vs} | {BUDGET_ENV,
 
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch) -> Any:
-    """A private cache dir, no algorithm-mode variables, and a tuner with nothing in memory."""
+    """A private cache dir, no algorithm-mode variables, no tuning budget (what a test checks must not depend on
+    the machine's load; tests of the budget set their own), and a tuner with nothing in memory."""
     path = tmp_path / "cache"
     monkeypatch.setenv(store.CACHE_DIR_ENV, str(path))
     for var in ALL_ENV_VARS:
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv(BUDGET_ENV, "inf")
     monkeypatch.setattr(store, "_warned", set())
     monkeypatch.setattr(modes, "_warned", set())
     monkeypatch.setattr(modes, "_parsed", {})

@@ -111,6 +111,7 @@ def test_import_rejects_invalid_files(monkeypatch, capsys, tmp_path):
 
 
 def test_env_reports_modes_and_sources(monkeypatch, capsys, cache_dir):
+    monkeypatch.delenv("WARPCONVNET_TUNE_BUDGET_MS")  # the default budget
     rc, out, _ = _run(capsys, "env")
     assert rc == 0
     assert "conv forward" in out and "depthwise weight grad" in out and str(cache_dir) in out
