@@ -75,7 +75,13 @@ def exercise() -> None:
     table.lookup(torch.arange(4))
     triton_hash.HashTable.allocate(16, "cpu").insert(torch.arange(4))
     triton_maps.fill_map(src, subm, src.spatial_shape, src)
-    triton_maps.discover_outputs(src, down, down.output_shape(src.spatial_shape))
+    # recorded launches leave the output numbering unwritten: number every lane so that the fill launches too
+    cumsum = torch.cumsum
+    torch.cumsum = lambda t, dim, dtype=None: torch.arange(1, t.numel() + 1, dtype=dtype)
+    try:
+        triton_maps.discover_map(src, down, down.output_shape(src.spatial_shape))
+    finally:
+        torch.cumsum = cumsum
     kmap = build_kernel_map(src, subm, src.spatial_shape, src, "subm", builder="torch")[0]
     triton_maps.reverse_table(kmap.nbr, kmap.num_in)
     triton_maps.row_mask(kmap.nbr)

@@ -1,12 +1,13 @@
 """Kernel-map construction in Triton on the coordinate hash tables of :mod:`warpsparse.coords.triton_hash`.
 
-Every map is filled output-driven: for each output site and kernel offset the one input position it reads is
-computed and looked up in the input set's table (``nbr`` and the row bitmask in one pass, no device sync).
-Without given outputs they are found first: every (input, offset) lane that can reach an output inserts the
-output's key into a fresh table (deduplicating) and records itself as a candidate first lane of that key; the
-lanes that are first for their key are counted with a scan and numbered in lane order, so outputs come out in
-the order of the first (input row, offset) reaching them, like the PyTorch builder's, without sorting. The
-total is the one host read. That table then belongs to the output set, for the next layer to query.
+Given the output sites, a map is filled output-driven: for each output site and kernel offset the one input
+position it reads is computed and looked up in the input set's table (``nbr`` and the row bitmask in one pass,
+no device sync). Without given outputs they are found first: every (input, offset) lane that can reach an
+output inserts the output's key into a fresh table (deduplicating) and records itself as a candidate first
+lane of that key; the lanes that are first for their key are counted with a scan and numbered in lane order,
+so outputs come out in the order of the first (input row, offset) reaching them, like the PyTorch builder's,
+without sorting. The total is the one host read. The lanes then fill ``nbr`` input-driven (each lane is one
+pair; no lookups). That table belongs to the output set, for the next layer to query.
 
 Along an axis, a regular conv links input ``i`` and output ``o`` through kernel position ``t`` by
 ``i = o*s + t*d - p`` and a transposed conv by ``o = i*s + t*d - p``: going from the side that is multiplied
@@ -177,6 +178,35 @@ def _number_kernel(lane_slot_ptr, first_ptr, rank_ptr, slots_ptr, coords_ptr, n_
 
 @fast_launch
 @triton.jit
+def _fill_lanes_kernel(coords_ptr, lane_slot_ptr, slots_ptr, nbr_ptr, count_ptr, n_lanes,
+                       K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
+                       S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
+                       D2: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
+                       M0: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr, B0: tl.constexpr, B1: tl.constexpr,
+                       B2: tl.constexpr, MULTIPLY: tl.constexpr, BLOCK: tl.constexpr):
+    """``nbr[output of lane, offset of lane] = input row of lane`` for every lane that reaches an output (its
+    slot's value is the output row, after numbering); the pairs counted into ``count``."""
+    J: tl.constexpr = B0 * B1 * B2
+    KV: tl.constexpr = K0 * K1 * K2
+    lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = lanes < n_lanes
+    slot = tl.load(lane_slot_ptr + lanes, mask=live, other=-1).to(tl.int64)
+    hit = slot >= 0
+    row = (lanes // J).to(tl.int64)
+    j = lanes % J
+    t0 = _kernel_position(tl.load(coords_ptr + 4 * row + 1, mask=hit, other=0), j // (B1 * B2), K0, S0, D0, P0,
+                          M0, MULTIPLY)
+    t1 = _kernel_position(tl.load(coords_ptr + 4 * row + 2, mask=hit, other=0), (j // B2) % B1, K1, S1, D1, P1,
+                          M1, MULTIPLY)
+    t2 = _kernel_position(tl.load(coords_ptr + 4 * row + 3, mask=hit, other=0), j % B2, K2, S2, D2, P2, M2,
+                          MULTIPLY)
+    out = tl.load(slots_ptr + 2 * slot + 1, mask=hit, other=0)
+    tl.store(nbr_ptr + out * KV + (t0 * K1 + t1) * K2 + t2, row.to(tl.int32), mask=hit)
+    tl.atomic_add(count_ptr, tl.sum(hit.to(tl.int64), axis=0))
+
+
+@fast_launch
+@triton.jit
 def _row_mask_kernel(nbr_ptr, mask_ptr, n, KV: tl.constexpr, ROWS: tl.constexpr, KP: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     k = tl.arange(0, KP)
@@ -214,12 +244,14 @@ def _reach_per_axis(geom: ConvGeometry) -> tuple[Triple, Triple]:
     return period, most  # type: ignore[return-value]
 
 
-def discover_outputs(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> CoordSet:
-    """Every output site of ``out_shape`` some input of ``src`` reaches, in the order of the first (input row,
-    offset) reaching it, with its table cached.
+def discover_map(src: CoordSet, geom: ConvGeometry,
+                 out_shape: Triple) -> tuple[torch.Tensor, torch.Tensor, CoordSet]:
+    """``(nbr, pair count, output set)`` of ``geom`` from ``src`` to every output site of ``out_shape`` some
+    input reaches, the sites in the order of the first (input row, offset) reaching each; the output set
+    keeps the table that numbered them.
 
     Lanes are (input row, usable kernel position) in increasing order of both, so lane order is (row, offset)
-    order. The one host read is the output count, after the outputs are numbered.
+    order. The one host read is the output count, after the outputs are numbered; the lanes then fill ``nbr``.
     """
     require_runnable(src.device)
     radix = key_radix(out_shape, src.batch_size)  # ValueError past 2**62 keys; the radix is out_shape itself
@@ -235,16 +267,18 @@ def discover_outputs(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> Co
     table = HashTable.allocate(bound, dev)
     table.reserve(bound)
     coords = torch.empty((bound, 4), dtype=torch.int32, device=dev)
+    count = torch.zeros(1, dtype=torch.int64, device=dev)
+    reach = dict(**_geometry_args(geom), M0=period[0], M1=period[1], M2=period[2], B0=most[0], B1=most[1],
+                 B2=most[2], MULTIPLY=geom.transposed)
     m = 0
     if lanes:
         slot_type = torch.int32 if table.capacity < 2**31 else torch.int64
         lane_slot = torch.empty(lanes, dtype=slot_type, device=dev)
         first = torch.empty(lanes, dtype=torch.int32, device=dev)
+        in_coords = src.coords.contiguous()
         block = DISCOVER.lanes_on(dev)
-        _discover_kernel[(cdiv(lanes, block),)](
-            src.coords.contiguous(), lanes, table.slots, *table.probe_args, lane_slot, *radix,
-            **_geometry_args(geom), M0=period[0], M1=period[1], M2=period[2], B0=most[0], B1=most[1], B2=most[2],
-            MULTIPLY=geom.transposed, BLOCK=block, num_warps=DISCOVER.warps)
+        _discover_kernel[(cdiv(lanes, block),)](in_coords, lanes, table.slots, *table.probe_args, lane_slot, *radix,
+                                                **reach, BLOCK=block, num_warps=DISCOVER.warps)
         block = ROWS.lanes_on(dev)
         grid = (cdiv(lanes, block),)
         _first_lane_kernel[grid](lane_slot, table.slots, first, lanes, BLOCK=block, num_warps=ROWS.warps)
@@ -252,10 +286,14 @@ def discover_outputs(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> Co
         _number_kernel[grid](lane_slot, first, rank, table.slots, coords, lanes, *radix, BLOCK=block,
                              num_warps=ROWS.warps)
         m = int(rank[-1])  # the one host read
+    nbr = torch.full((m, geom.kernel_volume), -1, dtype=torch.int32, device=dev)
+    if m:
+        _fill_lanes_kernel[grid](in_coords, lane_slot, table.slots, nbr, count, lanes, **reach, BLOCK=block,
+                                 num_warps=ROWS.warps)
     coords = coords[:m] if 2 * m >= bound else coords[:m].clone()  # do not keep a mostly unused buffer alive
     out = CoordSet(coords, out_shape, src.batch_size)
     out.cache[CACHE_KEY] = table
-    return out
+    return nbr, count, out
 
 
 def _map_rows(kv: int, device: torch.device) -> tuple[int, int]:
@@ -289,12 +327,14 @@ def fill_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple,
     return nbr, mask, count
 
 
-def build_kernel_map_triton(src: CoordSet, geom: ConvGeometry, out_shape: Triple,
-                            out: CoordSet | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, CoordSet]:
-    """``(nbr, row masks, pair count, output set)``: the output sites are ``out`` or, when ``None``, discovered."""
-    coord_table(src)  # queued first, so that discovery's host read does not delay it
+def build_kernel_map_triton(src: CoordSet, geom: ConvGeometry, out_shape: Triple, out: CoordSet | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, CoordSet]:
+    """``(nbr, row masks, pair count, output set)``: the output sites are ``out`` or, when ``None``, discovered
+    (then the row masks are ``None``: the map computes them if something needs them)."""
     if out is None:
-        out = discover_outputs(src, geom, out_shape)
+        coord_table(src)  # the input set's own table (for its next maps), queued before discovery's host read
+        nbr, count, out = discover_map(src, geom, out_shape)
+        return nbr, None, count, out
     nbr, mask, count = fill_map(src, geom, out_shape, out)
     return nbr, mask, count, out
 
