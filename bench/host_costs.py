@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import warpsparse  # noqa: E402
 from bench import networks as nets  # noqa: E402
+from bench.timing import per_call  # noqa: E402
 from warpsparse import nn as wnn  # noqa: E402
 from warpsparse.algorithms.base import Op  # noqa: E402
 from warpsparse.algorithms.triton.layouts import block_offsets, pair_chunks, pair_indices  # noqa: E402
@@ -34,14 +34,15 @@ from warpsparse.tuner import dispatch  # noqa: E402
 
 def per_call_us(fn: Callable[[], object], calls: int) -> float:
     """Wall microseconds per call of ``calls`` back-to-back calls (after three warm-up calls)."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / calls * 1e6
+    return per_call(fn, torch.device("cuda"), calls, warmup=3) * 1e6
+
+
+def fwd_bwd(layer: torch.nn.Module, x: object, grad: torch.Tensor) -> Callable[[], None]:
+    """One forward+backward of ``layer`` (a sparse conv module of either library) on ``x`` from ``grad``."""
+    def step() -> None:
+        layer.weight.grad = None
+        layer(x).features.backward(grad)
+    return step
 
 
 def layout_steps_us(scan: nets.ScanInput, maps: int = 20) -> list[tuple[str, float]]:
@@ -102,12 +103,7 @@ def main() -> None:
     rows.append(("dispatch wgrad", per_call_us(lambda: dispatch(Op.CONV_WGRAD, f, grad, kmap), args.calls)))
     with torch.no_grad():
         rows.append(("module fwd (no grad)", per_call_us(lambda: layer(x), args.calls)))
-
-    def fwd_bwd() -> None:
-        layer.weight.grad = None
-        layer(x).features.backward(grad)
-
-    rows.append(("module fwd+bwd", per_call_us(fwd_bwd, args.calls)))
+    rows.append(("module fwd+bwd", per_call_us(fwd_bwd(layer, x, grad), args.calls)))
     rows.append(("module fwd (grad)", per_call_us(lambda: layer(x), args.calls)))
     kept = layer(x).features
     rows.append(("backward of a kept graph", per_call_us(lambda: kept.backward(grad, retain_graph=True), args.calls)))
@@ -124,12 +120,7 @@ def main() -> None:
         sp_layer(sp_x)
         with torch.no_grad():
             rows.append(("spconv module fwd (no grad)", per_call_us(lambda: sp_layer(sp_x), args.calls)))
-
-        def sp_fwd_bwd() -> None:
-            sp_layer.weight.grad = None
-            sp_layer(sp_x).features.backward(grad)
-
-        rows.append(("spconv module fwd+bwd", per_call_us(sp_fwd_bwd, args.calls)))
+        rows.append(("spconv module fwd+bwd", per_call_us(fwd_bwd(sp_layer, sp_x, grad), args.calls)))
     print(f"{coords.shape[0]} sites, C={c}, {args.dtype}, {args.calls} calls each")
     for name, us in rows:
         print(f"{name:45s} {us:9.1f} us")

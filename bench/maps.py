@@ -21,7 +21,7 @@ import argparse
 import datetime
 import itertools
 import json
-import time
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,11 +30,14 @@ import torch
 import triton
 from triton.testing import do_bench
 
-from warpsparse.coords import triton_hash, triton_maps
-from warpsparse.coords.triton_hash import Launch
-from warpsparse.coords.coord_set import CoordSet
-from warpsparse.coords.geometry import ConvGeometry, submanifold_geometry
-from warpsparse.coords.maps import build_kernel_map
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.timing import per_call  # noqa: E402
+from warpsparse.coords import triton_hash, triton_maps  # noqa: E402
+from warpsparse.coords.triton_hash import Launch  # noqa: E402
+from warpsparse.coords.coord_set import CoordSet  # noqa: E402
+from warpsparse.coords.geometry import ConvGeometry, submanifold_geometry  # noqa: E402
+from warpsparse.coords.maps import build_kernel_map  # noqa: E402
 
 SETTINGS = {"INSERT": triton_hash, "COORD_LOAD": triton_hash, "MAP": triton_maps, "DISCOVER": triton_maps}
 SCAN = Path(__file__).resolve().parents[1] / "warpsparse" / "data" / "waymo-scan-spconv.npz"
@@ -62,13 +65,7 @@ def median_ms(fn: Callable[[], Any]) -> float:
 
 def wall_ms(fn: Callable[[], Any], reps: int = 50) -> float:
     """Mean wall time of back-to-back calls (warm L2; host launch overhead included)."""
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / reps * 1e3
+    return per_call(fn, torch.device("cuda"), reps) * 1e3
 
 
 def triton_build(src: CoordSet, geom: ConvGeometry, out_shape, subm: bool, sort: bool,

@@ -151,6 +151,19 @@ def wall(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+def per_call(fn: Callable[[], object], device: torch.device, calls: int, warmup: int = 1) -> float:
+    """Mean seconds per call of ``calls`` back-to-back calls of ``fn`` (after ``warmup`` calls): the device is
+    synchronized around the loop, not between calls, so host launch overhead counts where it is not hidden."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / calls
+
+
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     """``numerator / denominator``, or ``None`` when either is missing or the denominator is not positive."""
     if numerator is None or denominator is None or not denominator > 0 or not math.isfinite(numerator):

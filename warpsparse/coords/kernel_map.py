@@ -55,7 +55,6 @@ class KernelMap:
     kind: str = "conv"
     stride: Triple = (1, 1, 1)
     symmetric: bool = False
-    _mirror: bool = False  # the reverse of a symmetric map: rows group by mask exactly as the source's rows
     _reverse: "KernelMap | None" = field(default=None, repr=False)
     _mask: torch.Tensor | None = field(default=None, repr=False)
     _pair_count: torch.Tensor | None = field(default=None, repr=False)
@@ -120,6 +119,11 @@ class KernelMap:
                                       stride=self.stride, _reverse=self)
         return self._reverse
 
+    @property
+    def mirror_of(self) -> "KernelMap | None":
+        """The symmetric map whose reverse this is (its table with offsets mirrored), else ``None``."""
+        return None
+
     @cached_property
     def mask(self) -> torch.Tensor:
         """Per output row, the int64 bitmask of offsets present; bit 62 also stands for every offset past 62."""
@@ -138,12 +142,7 @@ class KernelMap:
 
     @cached_property
     def sorted_order(self) -> torch.Tensor:
-        """Output rows ordered by :attr:`mask` (int32), so rows with the same pattern sit together.
-
-        The reverse of a symmetric map shares its source's order: mirroring the offsets keeps equal masks equal.
-        """
-        if self._mirror and self._reverse is not None:
-            return self._reverse.sorted_order
+        """Output rows ordered by :attr:`mask` (int32), so rows with the same pattern sit together."""
         mask = self.mask
         for narrow in (torch.int16, torch.int32):  # masks of few offsets fit a narrower key: fewer radix passes
             if self.kernel_volume < torch.iinfo(narrow).bits:
@@ -154,8 +153,6 @@ class KernelMap:
     @cached_property
     def sorted_nbr(self) -> torch.Tensor:
         """``nbr`` rows in :attr:`sorted_order` ([N_out, K] int32, contiguous)."""
-        if self._mirror and self._reverse is not None:
-            return self._reverse.sorted_nbr.flip(1)
         return self.nbr.index_select(0, self.sorted_order.long()).contiguous()
 
 
@@ -167,12 +164,25 @@ class _MirroredMap(KernelMap):
     def __init__(self, source: KernelMap) -> None:
         self._source = source
         self.num_in, self.kernel_size, self.kind = source.num_out, source.kernel_size, f"{source.kind}_reversed"
-        self.stride, self.symmetric, self._mirror, self._reverse = source.stride, True, True, source
+        self.stride, self.symmetric, self._reverse = source.stride, True, source
         self._mask, self._pair_count = None, source._pair_count
+
+    @property
+    def mirror_of(self) -> KernelMap:
+        return self._source
 
     @cached_property
     def nbr(self) -> torch.Tensor:  # type: ignore[override]
         return self._source.nbr.flip(1).contiguous()
+
+    @cached_property
+    def sorted_order(self) -> torch.Tensor:  # type: ignore[override]
+        """The source's order: mirroring the offsets keeps equal masks equal."""
+        return self._source.sorted_order
+
+    @cached_property
+    def sorted_nbr(self) -> torch.Tensor:  # type: ignore[override]
+        return self._source.sorted_nbr.flip(1)
 
     @property
     def num_out(self) -> int:

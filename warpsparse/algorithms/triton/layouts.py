@@ -75,10 +75,11 @@ def block_offsets(kmap: KernelMap, sort: bool, block_m: int) -> BlockOffsets:
 
     def build() -> BlockOffsets:
         n, k = kmap.num_out, kmap.kernel_volume
-        if kmap._mirror and kmap._reverse is not None:
+        source = kmap.mirror_of
+        if source is not None:
             # the reverse of a symmetric map is its source with offsets mirrored (k -> K-1-k), rows in the same
             # order: the source's layout (built now if the source has none) serves with its offsets mirrored
-            mirrored = block_offsets(kmap._reverse, sort, block_m)
+            mirrored = block_offsets(source, sort, block_m)
             return BlockOffsets(mirrored.order, mirrored.count, (k - 1) - mirrored.active, mirrored.sources)
         dev = kmap.device
         blocks = -(-n // block_m)
