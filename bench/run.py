@@ -6,7 +6,8 @@
 Workloads (each under the time ``--budget-s`` leaves):
 
 - ``tuning``: wall time of the first forward+backward call of each network in a fresh process on empty
-  tuning and kernel caches (Triton, CuPy), then in a second process on the caches the first one left;
+  tuning and kernel caches (Triton, CuPy), then in a second process on the caches the first one left, then in
+  a third on an empty tuning cache with those kernel caches (the tuning alone, compiles mostly done);
 - ``spconv_net``: spconv's benchmark network, a fresh sparse tensor every call (map building included),
   forward and forward+backward, per dtype; warpsparse (each of ``--algos``) vs spconv, with peak memory;
 - ``minkunet``: a MinkUNet-style encoder-decoder, forward+backward (half precision under autocast) and fp32;
@@ -323,10 +324,12 @@ def _probe_command(run: Run, network: str, peer: bool) -> list[str]:
 
 
 def tuning_probes(run: Run, network: str, section: dict[str, Any]) -> dict[str, Any]:
-    """A process on empty caches, then one on the caches it left: the first call of ``network`` in each."""
-    env = {**os.environ, **run.cache_env(network),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    for phase in ("empty cache", "warm cache"):
+    """A process on empty caches, then one on the caches it left, then one on an empty tuning cache with the
+    kernel caches the two left: the first call of ``network`` in each."""
+    base = {**os.environ, **run.cache_env(network),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    fresh_tuning = {CACHE_ENV: str(run.work / network / "tuning-fresh")}
+    for phase, env in (("empty cache", base), ("warm cache", base), ("empty tuning cache", {**base, **fresh_tuning})):
         run.check_time()
         row: dict[str, Any] = {"network": network, "phase": phase}
         start = time.perf_counter()

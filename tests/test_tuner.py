@@ -99,8 +99,8 @@ def test_budget_bounds_the_search_and_is_validated(monkeypatch):
     status = [c.status for c in _entry().candidates]
     assert status.count("ok") >= 1 and status.count("skipped") >= 4
     assert len({tuple(sorted(c.items())) for c in fake.calls}) < 8
-    reset()  # a later process with a larger budget times what was skipped
-    monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "5000")
+    reset()  # a later process without a limit times what was skipped
+    monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "inf")
     dispatch(Op.CONV_FWD, a, b, kmap)
     assert [c.status for c in _entry().candidates].count("ok") == 8
     for bad in ("abc", "0", "-5", "nan"):
@@ -108,6 +108,40 @@ def test_budget_bounds_the_search_and_is_validated(monkeypatch):
         reset(save=False)
         with pytest.raises(ValueError, match=f"WARPCONVNET_TUNE_BUDGET_MS='{bad}'"):
             dispatch(Op.CONV_FWD, *operands(Op.CONV_FWD, kmap, c_in=7), kmap)  # a new signature
+
+
+def test_finite_budget_tunes_in_rounds_of_the_most_promising_points(monkeypatch):
+    # estimates rank the points 0 < 1 < ... < 9 (point 5 is the fastest); a point that won another signature
+    # goes first
+    fake = Fake("explicit_gemm", cost_ms=lambda p: 1 + 3 * abs(p["tile"] - 5), space={"tile": tuple(range(10))},
+                estimate=lambda p: 1.0 + 0.01 * p["tile"])
+    use_registry(monkeypatch, fake)
+    monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "60000")
+    kmap = random_map()
+    a, b = operands(Op.CONV_FWD, kmap)
+    default = fake.default_params(Signature.of(Op.CONV_FWD, a, b, kmap))["tile"]
+    timed: list[set[int]] = []
+    for _ in range(4):
+        dispatch(Op.CONV_FWD, a, b, kmap)
+        ok = {c.params["tile"] for c in _entry().candidates if c.status == "ok"}
+        skipped = {c.params["tile"] for c in _entry().candidates if c.status == "skipped"}
+        assert ok | skipped == set(range(10)) and not ok & skipped
+        timed.append(ok - set().union(*timed))
+        reset()  # the next process
+    rest = sorted(set(range(10)) - {default})
+    assert timed[0] == {default, *rest[:search.ROUND_POINTS]}
+    assert timed[1] == set(rest[search.ROUND_POINTS:2 * search.ROUND_POINTS])
+    assert set().union(*timed) == set(range(10))  # every point timed after enough rounds
+    # another signature of the same op and dtype: this file's winner is among its first points
+    winner = _entry().winner.params["tile"]
+    assert winner == 5 != default
+    fake.estimate = lambda p: 1.0 - 0.01 * p["tile"]  # now the high points look best, 5 among the worst
+    c, d = operands(Op.CONV_FWD, kmap, c_in=9)
+    dispatch(Op.CONV_FWD, c, d, kmap)
+    assert save_tuning_cache()
+    other = next(e for e in store.read_document(store.cache_file()).entries if e.key.signature.c_in == 9)
+    first = {r.params["tile"] for r in other.candidates if r.status == "ok"}
+    assert winner in first and len(first) == 1 + search.ROUND_POINTS
 
 
 def test_compiling_algorithms_precompile_their_first_points_side_by_side(monkeypatch):

@@ -4,6 +4,11 @@ Candidates are (algorithm, parameter point) pairs. Each new candidate first runs
 the reference algorithm (and for leaving its inputs untouched); then it is timed (warm-up, repeats, median).
 Close leaders are re-timed together before the choice. A candidate that raises or is wrong is recorded as
 failed and never chosen. Results already in the cache are reused, only missing candidates are timed.
+
+With a finite budget a tuning is one round: per algorithm its default point and the :data:`ROUND_POINTS` most
+promising new points (winners of the cache's other signatures first, then by the algorithm's cost estimate);
+the rest wait, recorded as skipped, for the next tuning of the signature (the next process). A new network's
+first call thus compiles and times a few points per signature, and later runs refine the choice.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ BUDGET_ENV = "WARPCONVNET_TUNE_BUDGET_MS"
 DEFAULT_BUDGET_MS = 2000.0
 WORKERS_ENV = "WARPCONVNET_COMPILE_WORKERS"
 MAX_WORKERS = 16
+ROUND_POINTS = 3  # new non-default points per algorithm in one tuning (with a finite budget)
 PRUNE_FACTOR = 4.0  # points estimated this many times costlier than their algorithm's best are not timed
 TARGET_MS = 40.0  # timed repeats per candidate aim at about this much time
 MIN_REPS, MAX_REPS = 3, 20
@@ -257,12 +263,23 @@ class _Session:
         return {c.ident: c.result("ok", median_ms=median(s)) for c, s in zip(leaders, samples)}
 
 
-def _plan(todo: list[Candidate], sig: Signature) -> tuple[list[Candidate], list[Candidate]]:
-    """Order the candidates to time (defaults first, then by estimate, algorithms interleaved) and the pruned."""
+@dataclass
+class Plan:
+    """What one tuning does with the candidates it lacks results for."""
+
+    timed: list[Candidate]  # in timing order: defaults first, then the most promising, algorithms interleaved
+    pruned: list[Candidate]  # estimated far slower than their algorithm's best
+    deferred: list[Candidate]  # left for a later round
+
+
+def _plan(todo: list[Candidate], sig: Signature, proven: set[str], round_points: int | None) -> Plan:
+    """Split ``todo``: per algorithm the default, then ``proven`` points (winners elsewhere), then the rest by
+    estimate; past ``round_points`` non-default points (``None``: no limit) they are deferred."""
     groups: dict[str, list[Candidate]] = {}
     for c in todo:
         groups.setdefault(c.algorithm.name, []).append(c)
     pruned: list[Candidate] = []
+    deferred: list[Candidate] = []
     ordered_groups = []
     for group in groups.values():
         estimates: dict[str, float] = {}
@@ -278,24 +295,32 @@ def _plan(todo: list[Candidate], sig: Signature) -> tuple[list[Candidate], list[
                 or estimates[c.ident] <= PRUNE_FACTOR * floor]
         kept = {c.ident for c in keep}
         pruned.extend(c for c in group if c.ident not in kept)
-        keep.sort(key=lambda c: (not c.is_default, estimates.get(c.ident, math.inf)))
+        keep.sort(key=lambda c: (not c.is_default, c.ident not in proven, estimates.get(c.ident, math.inf)))
+        if round_points is not None:
+            cut = sum(c.is_default for c in keep) + round_points
+            keep, later = keep[:cut], keep[cut:]
+            deferred.extend(later)
         ordered_groups.append(keep)
     ordered = [g[i] for i in range(max((len(g) for g in ordered_groups), default=0))
                for g in ordered_groups if i < len(g)]
-    return ordered, pruned
+    return Plan(ordered, pruned, deferred)
 
 
 def benchmark(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Signature,
               todo: list[Candidate], settled: dict[str, CandidateResult],
-              everything: list[Candidate]) -> dict[str, CandidateResult]:
-    """Measure ``todo`` (given the ``settled`` results of the other candidates); the new results by ident."""
+              everything: list[Candidate], proven: set[str]) -> dict[str, CandidateResult]:
+    """Measure ``todo`` (given the ``settled`` results of the other candidates, and the idents of ``proven``
+    points); the new results by ident."""
     budget = tune_budget_ms()
     with torch.no_grad():
         session = _Session(op, a, b, kmap, sig, budget)
-        ordered, pruned = _plan(todo, sig)
+        plan = _plan(todo, sig, proven, None if math.isinf(budget) else ROUND_POINTS)
+        ordered = plan.timed
         session.precompile(ordered)
         new = {c.ident: c.result("pruned", error=f"estimated over {PRUNE_FACTOR:g}x its algorithm's best")
-               for c in pruned}
+               for c in plan.pruned}
+        new.update((c.ident, c.result("skipped", error=f"left for a later tuning (at most {ROUND_POINTS} new "
+                                                       "points per algorithm in one)")) for c in plan.deferred)
 
         def best_ms() -> float | None:
             times = [r.median_ms for r in (*settled.values(), *new.values()) if r.status == "ok"]
@@ -337,7 +362,7 @@ def choose(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Signa
     new: dict[str, CandidateResult] = {}
     if todo:
         start = time.perf_counter()
-        new = benchmark(op, a, b, kmap, sig, todo, settled, everything)
+        new = benchmark(op, a, b, kmap, sig, todo, settled, everything, store.winners_like(key))
         _log_tuned(sig, everything, {**settled, **new}, new, (time.perf_counter() - start) * 1e3)
     if new or restated:
         store.record(key, [*restated, *new.values()])

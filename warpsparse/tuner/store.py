@@ -184,15 +184,32 @@ class TuningStore:
             loaded.setdefault(key, {}).update(results)
         self._results = loaded
 
-    def results(self, key: EntryKey) -> Results:
-        """Every result known for ``key`` (reads the file on first use)."""
+    def _load(self) -> None:
         if self._results is None:
             loaded = _index(load_document(self.path))
             with self._mutex:
                 if self._results is None:
                     self._install(loaded)
+
+    def results(self, key: EntryKey) -> Results:
+        """Every result known for ``key`` (reads the file on first use)."""
+        self._load()
         with self._mutex:
             return dict(self._results.get(key, {}))  # type: ignore[union-attr]
+
+    def winners_like(self, key: EntryKey) -> set[str]:
+        """Idents of the fastest correct candidates of the other entries with ``key``'s op, dtype, device and
+        versions: points that won elsewhere in this network (or an earlier one) are promising here too."""
+        self._load()
+        same = ("op", "dtype", "tf32")
+        mine = tuple(getattr(key.signature, f) for f in same)
+        with self._mutex:
+            entries = [results for other, results in self._results.items()  # type: ignore[union-attr]
+                       if other != key and other.device == key.device and other.versions == key.versions
+                       and tuple(getattr(other.signature, f) for f in same) == mine]
+        best = (min((r for r in results.values() if r.status == "ok"), key=lambda r: r.score_ms, default=None)
+                for results in entries)
+        return {r.ident for r in best if r is not None}
 
     def record(self, key: EntryKey, results: list[CandidateResult]) -> None:
         """Remember newly measured ``results`` for ``key``; the background writer saves them soon."""
