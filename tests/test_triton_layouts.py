@@ -117,6 +117,8 @@ def test_max_pool_kernels(dtype, c):
     y, src = max_pool_forward(x, nbr)
     best, arg = _torch_max_pool(x, nbr)
     assert torch.equal(y.double(), best)
+    y_only, none = max_pool_forward(x, nbr, with_source=False)  # inference: no arg-max rows kept
+    assert none is None and torch.equal(y_only, y)
     assert torch.equal(x.double().gather(0, src.long()), best), "the arg-max row must hold the max"
     grad = torch.randn(n_out, c, device=DEV).to(dtype)
     dx = max_pool_backward(grad, src, n_in)

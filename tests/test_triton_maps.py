@@ -19,7 +19,8 @@ from warpsparse.coords.keys import key_radix, pack
 from warpsparse.coords.kernel_map import KernelMap
 from warpsparse.coords.maps import build_kernel_map
 from warpsparse.coords.triton_hash import CACHE_KEY
-from warpsparse.coords.triton_maps import reverse_table, row_mask
+from warpsparse.coords import triton_maps
+from warpsparse.coords.triton_maps import disjoint_lanes, reverse_table, row_mask
 
 from oracle import fresh_seed, random_coords  # noqa: F401
 
@@ -131,8 +132,9 @@ def check_same(km_t: KernelMap, out_t: CoordSet, km_x: KernelMap, out_x: CoordSe
 
 
 def check_own_table(out: CoordSet) -> None:
-    """A discovered output set carries its table: its sites map to their rows."""
-    table = out.cache[CACHE_KEY]
+    """A discovered output set carries its table (one made without a table builds it on first use): its sites
+    map to their rows."""
+    table = out.cache[CACHE_KEY] if CACHE_KEY in out.cache else triton_hash.coord_table(out)
     rows = table.lookup(pack(out.coords, key_radix(out.spatial_shape, out.batch_size)))
     assert torch.equal(rows.cpu(), torch.arange(out.num_points))
 
@@ -172,6 +174,42 @@ def test_transposed_conv_equals_torch_and_oracle(geom: ConvGeometry, batch: int)
     assert pairs_of(km_x, out_x) == set(pairs)
     assert [tuple(c) for c in out_x.coords.tolist()] == first_reach_order(pairs)  # check_same: out_t too
     check_own_table(out_x)
+
+
+@pytest.mark.parametrize("geom", [ConvGeometry((2, 2, 2), (2, 2, 2), transposed=True),
+                                  ConvGeometry((2, 1, 3), (2, 1, 3), transposed=True),
+                                  ConvGeometry((2, 2, 1), (3, 3, 2), (0, 0, 0), (2, 1, 1), transposed=True)])
+def test_disjoint_transposed_maps_need_no_discovery(geom: ConvGeometry, monkeypatch) -> None:
+    """Kernel positions in distinct residues of the stride: every lane is its own output, found without a table."""
+    src = random_set(60, (5, 4, 6), 2)
+    out_shape = geom.output_shape(src.spatial_shape)
+    assert disjoint_lanes(geom, src.spatial_shape, out_shape)
+    expected = build_kernel_map(src, geom, out_shape, kind="transposed", builder="torch")
+
+    def no_discovery(*args, **kwargs):
+        raise AssertionError("discover_map called")
+    monkeypatch.setattr(triton_maps, "discover_map", no_discovery)
+    got = build_kernel_map(src, geom, out_shape, kind="transposed", builder="triton")
+    check_same(*expected, *got)
+    pairs = brute_force_pairs(src, geom, out_shape)
+    assert pairs_of(*got) == set(pairs) and len(pairs) == src.num_points * geom.kernel_volume
+    assert [tuple(c) for c in got[1].coords.tolist()] == first_reach_order(pairs)
+    assert CACHE_KEY not in got[1].cache
+    check_own_table(got[1])
+
+
+def test_overlapping_padded_or_clipped_transposed_maps_are_discovered() -> None:
+    shape = (5, 4, 6)
+    full = ConvGeometry((2, 2, 2), (2, 2, 2), transposed=True)
+    assert disjoint_lanes(full, shape, full.output_shape(shape))
+    assert not disjoint_lanes(full, shape, (10, 8, 11))  # the last plane of outputs falls outside the grid
+    for geom in (ConvGeometry((3, 3, 3), (2, 2, 2), transposed=True),  # overlapping
+                 ConvGeometry((2, 2, 2), (2, 2, 2), (1, 1, 1), transposed=True),  # padded: some lanes outside
+                 ConvGeometry((2, 2, 2), (2, 2, 2), (0, 0, 0), (2, 2, 2), transposed=True),  # dilated onto a residue
+                 ConvGeometry((2, 2, 2), (2, 2, 2))):  # not transposed
+        assert not disjoint_lanes(geom, shape, geom.output_shape(shape))
+    src = random_set(40, shape, 1)
+    check_same(*both_builders(src, full, (10, 8, 11), kind="transposed"))  # clipped: discovered, equal
 
 
 def test_generative_conv_equals_torch() -> None:
@@ -363,6 +401,8 @@ def test_submanifold_build_never_syncs_and_strided_syncs_once() -> None:
     try:
         km, _ = build_kernel_map(a, subm, a.spatial_shape, a, "subm")  # hash table + map + masks
         km.sorted_order, km.sorted_nbr, km.reversed()
+        up = ConvGeometry((2, 2, 2), (2, 2, 2), transposed=True)
+        build_kernel_map(a, up, up.output_shape(a.spatial_shape), kind="transposed")  # every lane its own output
     finally:
         torch.cuda.set_sync_debug_mode(0)
     b = fresh(src)

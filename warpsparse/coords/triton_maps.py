@@ -9,6 +9,10 @@ so outputs come out in the order of the first (input row, offset) reaching them,
 without sorting. The total is the one host read. The lanes then fill ``nbr`` input-driven (each lane is one
 pair; no lookups). That table belongs to the output set, for the next layer to query.
 
+A transposed conv whose kernel positions fall in distinct residues of the stride (``d*(k-1) < s``, no padding,
+every output inside the grid; e.g. 2x2x2 stride 2) sends every lane to its own output: the outputs are the lanes
+in order and each row of ``nbr`` holds one pair, so that map needs no table, no count and no host read.
+
 Along an axis, a regular conv links input ``i`` and output ``o`` through kernel position ``t`` by
 ``i = o*s + t*d - p`` and a transposed conv by ``o = i*s + t*d - p``: going from the side that is multiplied
 ("multiply") is a product, going the other way ("divide") needs ``s`` to divide the difference.
@@ -327,11 +331,40 @@ def fill_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple,
     return nbr, mask, count
 
 
+def disjoint_lanes(geom: ConvGeometry, in_shape: Triple, out_shape: Triple) -> bool:
+    """Whether every (input site, kernel position) of transposed ``geom`` reaches a distinct output site inside
+    ``out_shape`` (positions in distinct residues of the stride, no padding)."""
+    return geom.transposed and all(
+        d * (k - 1) < s and p == 0 and (n - 1) * s + d * (k - 1) < o
+        for n, k, s, p, d, o in zip(in_shape, geom.kernel_size, geom.stride, geom.padding, geom.dilation, out_shape))
+
+
+def spread_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[torch.Tensor, torch.Tensor, CoordSet]:
+    """``(nbr, pair count, output set)`` of a :func:`disjoint_lanes` geometry: output ``i*K + k`` is input ``i``
+    moved by kernel position ``k`` (the lane order, as :func:`discover_map` numbers them); no host read."""
+    n, kv = src.num_points, geom.kernel_volume
+    dev = src.device
+    if n * kv > _MAX_LANES:
+        raise ValueError(f"{n} input sites x {kv} offsets = {n * kv} output sites, more than the {_MAX_LANES} one "
+                         "map build supports; split the batch")
+    coords = src.coords
+    scaled = torch.stack([coords[:, 1 + a] * geom.stride[a] for a in range(3)], dim=1)  # no host-to-device copy
+    moved = scaled[:, None, :] + geom.offsets(dev).to(coords.dtype)  # [N, K, 3]
+    out_coords = torch.cat([coords[:, None, :1].expand(n, kv, 1), moved], dim=2).reshape(n * kv, 4)
+    nbr = torch.full((n, kv, kv), -1, dtype=torch.int32, device=dev)
+    nbr.diagonal(dim1=1, dim2=2).copy_(torch.arange(n, dtype=torch.int32, device=dev)[:, None].expand(n, kv))
+    count = torch.full((1,), n * kv, dtype=torch.int64, device=dev)
+    return nbr.view(n * kv, kv), count, CoordSet(out_coords, out_shape, src.batch_size)
+
+
 def build_kernel_map_triton(src: CoordSet, geom: ConvGeometry, out_shape: Triple, out: CoordSet | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, CoordSet]:
     """``(nbr, row masks, pair count, output set)``: the output sites are ``out`` or, when ``None``, discovered
     (then the row masks are ``None``: the map computes them if something needs them)."""
     if out is None:
+        if disjoint_lanes(geom, src.spatial_shape, out_shape):
+            nbr, count, out = spread_map(src, geom, out_shape)
+            return nbr, None, count, out
         coord_table(src)  # the input set's own table (for its next maps), queued before discovery's host read
         nbr, count, out = discover_map(src, geom, out_shape)
         return nbr, None, count, out

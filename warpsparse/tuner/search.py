@@ -167,7 +167,8 @@ class _Session:
 
     def precompile(self, cands: list[Candidate]) -> None:
         """Compile the kernels of the first candidates that compile per point side by side, so that their
-        checked runs only load them (CUDA; as many as two rounds of the compile threads)."""
+        checked runs only load them (CUDA; as many as two rounds of the compile threads). The time is not
+        charged to the budget."""
         workers = compile_workers()
         todo = [c for c in cands if c.algorithm.precompiles][:2 * workers]
         if not compiled_on(self.device) or workers < 2 or len(todo) < 2:
@@ -178,6 +179,7 @@ class _Session:
                     self._call(cand)()
                 except Exception:  # noqa: BLE001 - the candidate's checked run reports its own failure
                     log.debug("precompiling %s failed", cand.label, exc_info=True)
+        self.start = time.perf_counter()
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -316,7 +318,9 @@ def benchmark(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Si
         session = _Session(op, a, b, kmap, sig, budget)
         plan = _plan(todo, sig, proven, None if math.isinf(budget) else ROUND_POINTS)
         ordered = plan.timed
-        session.precompile(ordered)
+        # the idle compile threads also take the points of later rounds: kernels are shared by signatures of
+        # one op and dtype, so this signature's later rounds and the next signatures find them compiled
+        session.precompile([*ordered, *plan.deferred])
         new = {c.ident: c.result("pruned", error=f"estimated over {PRUNE_FACTOR:g}x its algorithm's best")
                for c in plan.pruned}
         new.update((c.ident, c.result("skipped", error=f"left for a later tuning (at most {ROUND_POINTS} new "

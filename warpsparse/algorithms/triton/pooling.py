@@ -14,7 +14,7 @@ BLOCK_M = 64
 @fast_launch
 @triton.jit
 def _max_pool_kernel(x_ptr, nbr_ptr, y_ptr, src_ptr, n, c, kvol, stride_x, BLOCK_M: tl.constexpr,
-                     BLOCK_C: tl.constexpr):
+                     BLOCK_C: tl.constexpr, STORE_SRC: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     live = rows < n
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -32,7 +32,8 @@ def _max_pool_kernel(x_ptr, nbr_ptr, y_ptr, src_ptr, n, c, kvol, stride_x, BLOCK
     offs = rows.to(tl.int64)[:, None] * c + cols[None, :]
     ok = live[:, None] & col_ok[None, :]
     tl.store(y_ptr + offs, out.to(y_ptr.dtype.element_ty), mask=ok)
-    tl.store(src_ptr + offs, arg, mask=ok)
+    if STORE_SRC:
+        tl.store(src_ptr + offs, arg, mask=ok)
 
 
 @fast_launch
@@ -52,18 +53,19 @@ def _grid(n: int, c: int) -> tuple[tuple[int, int], int]:
     return (cdiv(n, BLOCK_M), cdiv(c, block_c)), block_c
 
 
-def max_pool_forward(x: torch.Tensor, nbr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(y, src)``: per output row and channel the max over the present rows of ``nbr[o]`` and the row that
-    holds it (``src`` int32; 0 and -1 for a row without inputs)."""
+def max_pool_forward(x: torch.Tensor, nbr: torch.Tensor,
+                     with_source: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(y, src)``: per output row and channel the max over the present rows of ``nbr[o]`` and, if
+    ``with_source`` (else ``None``), the row that holds it (``src`` int32; 0 and -1 for a row without inputs)."""
     n, kvol = nbr.shape
     c = x.shape[1]
     x = x if x.stride(-1) == 1 else x.contiguous()
     y = torch.empty(n, c, dtype=x.dtype, device=x.device)
-    src = torch.empty(n, c, dtype=torch.int32, device=x.device)
+    src = torch.empty(n, c, dtype=torch.int32, device=x.device) if with_source else None
     if n and c:
         grid, block_c = _grid(n, c)
-        _max_pool_kernel[grid](x, nbr.contiguous(), y, src, n, c, kvol, x.stride(0), BLOCK_M=BLOCK_M,
-                               BLOCK_C=block_c, num_warps=4)
+        _max_pool_kernel[grid](x, nbr.contiguous(), y, y if src is None else src, n, c, kvol, x.stride(0),
+                               BLOCK_M=BLOCK_M, BLOCK_C=block_c, STORE_SRC=with_source, num_warps=4)
     return y, src
 
 

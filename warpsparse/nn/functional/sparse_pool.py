@@ -17,15 +17,18 @@ __all__ = ["sparse_max_pool3d", "sparse_avg_pool3d", "global_max_pool", "global_
 class _MaxPool(torch.autograd.Function):
     """Window max over a kernel map; the backward adds each gradient to the window's arg-max row only.
 
-    CUDA runs the Triton kernels for 16- and 32-bit floats (one pass each way, int32 arg-max rows; under
-    ``torch.use_deterministic_algorithms`` the gradient is scattered by PyTorch); other cases gather every window.
+    CUDA runs the Triton kernels for 16- and 32-bit floats (one pass each way, int32 arg-max rows, kept only
+    when the features need a gradient; under ``torch.use_deterministic_algorithms`` the gradient is scattered
+    by PyTorch); other cases gather every window.
     """
 
     @staticmethod
     def forward(ctx: Any, feats: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
         if feats.is_cuda and feats.dtype in SUPPORTED_DTYPES:
             from warpsparse.algorithms.triton.pooling import max_pool_forward
-            out, source = max_pool_forward(feats, nbr)
+            out, source = max_pool_forward(feats, nbr, with_source=ctx.needs_input_grad[0])
+            if source is None:
+                return out
         else:
             idx = nbr.long()
             present = idx >= 0
