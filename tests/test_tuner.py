@@ -183,30 +183,6 @@ def test_compiling_algorithms_precompile_their_first_points_side_by_side(monkeyp
             search.compile_workers()
 
 
-def test_idle_compile_threads_take_the_points_of_later_rounds(monkeypatch):
-    compiling = Fake("implicit_gemm", space={"tile": tuple(range(7))})
-    compiling.precompiles = True
-    use_registry(monkeypatch, compiling, Fake("explicit_gemm"))
-    monkeypatch.setattr(search, "compiled_on", lambda device: True)
-    monkeypatch.setenv("WARPCONVNET_COMPILE_WORKERS", "8")
-    monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "60000")
-    flags: list[tuple[int, bool]] = []
-    original = Fake.run
-
-    def tracking(self, op, params, *args):
-        if self is compiling:
-            flags.append((params["tile"], triton_launch._precompiling.get()))
-        return original(self, op, params, *args)
-
-    monkeypatch.setattr(Fake, "run", tracking)
-    kmap = random_map()
-    a, b = operands(Op.CONV_FWD, kmap)
-    dispatch(Op.CONV_FWD, a, b, kmap)
-    assert sorted(t for t, inside in flags if inside) == list(range(7))  # all 7 compiled, 4 of them timed now
-    status = [c.status for c in _entry().candidates if c.algorithm == "implicit_gemm"]
-    assert status.count("ok") == 1 + search.ROUND_POINTS and status.count("skipped") == 3
-
-
 def test_everything_failing_falls_back_to_the_reference(monkeypatch, caplog):
     ref = Fake("explicit_gemm", behaviour="correct")
     use_registry(monkeypatch, ref, Fake("implicit_gemm", behaviour="raise"),

@@ -318,9 +318,7 @@ def benchmark(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Si
         session = _Session(op, a, b, kmap, sig, budget)
         plan = _plan(todo, sig, proven, None if math.isinf(budget) else ROUND_POINTS)
         ordered = plan.timed
-        # the idle compile threads also take the points of later rounds: kernels are shared by signatures of
-        # one op and dtype, so this signature's later rounds and the next signatures find them compiled
-        session.precompile([*ordered, *plan.deferred])
+        session.precompile(ordered)
         new = {c.ident: c.result("pruned", error=f"estimated over {PRUNE_FACTOR:g}x its algorithm's best")
                for c in plan.pruned}
         new.update((c.ident, c.result("skipped", error=f"left for a later tuning (at most {ROUND_POINTS} new "
