@@ -77,7 +77,7 @@ def find_keys(slots_ptr, key, todo, shift, hmask):
 
 
 @fast_launch
-@triton.jit
+@triton.jit(do_not_specialize=["n", "shift", "hmask", "s0", "s1", "s2"])
 def _insert_kernel(slots_ptr, src_ptr, repeats_ptr, n, shift, hmask, s0, s1, s2, FROM_COORDS: tl.constexpr,
                    COUNT: tl.constexpr, BLOCK: tl.constexpr):
     """Insert row ``r`` of ``src`` (keys, or [N, 4] coordinates packed with radix ``s``) with value ``r``;
@@ -99,7 +99,7 @@ def _insert_kernel(slots_ptr, src_ptr, repeats_ptr, n, shift, hmask, s0, s1, s2,
 
 
 @fast_launch
-@triton.jit
+@triton.jit(do_not_specialize=["n", "shift", "hmask"])
 def _lookup_kernel(slots_ptr, keys_ptr, out_ptr, n, shift, hmask, BLOCK: tl.constexpr):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = rows < n

@@ -16,6 +16,9 @@ in order and each row of ``nbr`` holds one pair, so that map needs no table, no 
 Along an axis, a regular conv links input ``i`` and output ``o`` through kernel position ``t`` by
 ``i = o*s + t*d - p`` and a transposed conv by ``o = i*s + t*d - p``: going from the side that is multiplied
 ("multiply") is a product, going the other way ("divide") needs ``s`` to divide the difference.
+
+Sizes, grid extents and table parameters are not specialized on (``do_not_specialize``): one compile of each
+kernel serves every level of a network.
 """
 from __future__ import annotations
 
@@ -84,7 +87,8 @@ def _row_bits(found, k, KV: tl.constexpr):
 
 
 @fast_launch
-@triton.jit
+@triton.jit(do_not_specialize=["n_out", "shift", "hmask", "in0", "in1", "in2", "lim0", "lim1",
+                             "lim2"])
 def _map_kernel(nbr_ptr, mask_ptr, count_ptr, out_ptr, n_out, slots_ptr, shift, hmask, in0, in1, in2,
                 lim0, lim1, lim2, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
                 S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
@@ -116,7 +120,7 @@ _FIRST = tl.constexpr(2**62)  # a slot's value during discovery: _FIRST - (the s
 
 
 @fast_launch
-@triton.jit
+@triton.jit(do_not_specialize=["n_lanes", "shift", "hmask", "lim0", "lim1", "lim2"])
 def _discover_kernel(coords_ptr, n_lanes, slots_ptr, shift, hmask, lane_slot_ptr, lim0, lim1, lim2,
                      K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
                      S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
@@ -147,7 +151,7 @@ def _discover_kernel(coords_ptr, n_lanes, slots_ptr, shift, hmask, lane_slot_ptr
 
 
 @fast_launch
-@triton.jit
+@triton.jit(do_not_specialize=["n_lanes"])
 def _first_lane_kernel(lane_slot_ptr, slots_ptr, first_ptr, n_lanes, BLOCK: tl.constexpr):
     """``first[lane]`` = 1 where the lane is the smallest reaching its output, else 0."""
     lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -158,7 +162,7 @@ def _first_lane_kernel(lane_slot_ptr, slots_ptr, first_ptr, n_lanes, BLOCK: tl.c
 
 
 @fast_launch
-@triton.jit
+@triton.jit(do_not_specialize=["n_lanes", "s0", "s1", "s2"])
 def _number_kernel(lane_slot_ptr, first_ptr, rank_ptr, slots_ptr, coords_ptr, n_lanes, s0, s1, s2,
                    BLOCK: tl.constexpr):
     """Output ``rank[lane] - 1`` for every first lane: store it as its slot's value and unpack its key (radix
@@ -181,7 +185,7 @@ def _number_kernel(lane_slot_ptr, first_ptr, rank_ptr, slots_ptr, coords_ptr, n_
 
 
 @fast_launch
-@triton.jit
+@triton.jit(do_not_specialize=["n_lanes"])
 def _fill_lanes_kernel(coords_ptr, lane_slot_ptr, slots_ptr, nbr_ptr, count_ptr, n_lanes,
                        K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
                        S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
@@ -210,7 +214,7 @@ def _fill_lanes_kernel(coords_ptr, lane_slot_ptr, slots_ptr, nbr_ptr, count_ptr,
 
 
 @fast_launch
-@triton.jit
+@triton.jit(do_not_specialize=["n"])
 def _row_mask_kernel(nbr_ptr, mask_ptr, n, KV: tl.constexpr, ROWS: tl.constexpr, KP: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     k = tl.arange(0, KP)
@@ -221,7 +225,7 @@ def _row_mask_kernel(nbr_ptr, mask_ptr, n, KV: tl.constexpr, ROWS: tl.constexpr,
 
 
 @fast_launch
-@triton.jit
+@triton.jit(do_not_specialize=["n"])
 def _reverse_kernel(nbr_ptr, rev_ptr, n, KV: tl.constexpr, BLOCK: tl.constexpr):
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = idx // KV < n
@@ -365,7 +369,6 @@ def build_kernel_map_triton(src: CoordSet, geom: ConvGeometry, out_shape: Triple
         if disjoint_lanes(geom, src.spatial_shape, out_shape):
             nbr, count, out = spread_map(src, geom, out_shape)
             return nbr, None, count, out
-        coord_table(src)  # the input set's own table (for its next maps), queued before discovery's host read
         nbr, count, out = discover_map(src, geom, out_shape)
         return nbr, None, count, out
     nbr, mask, count = fill_map(src, geom, out_shape, out)

@@ -4,7 +4,8 @@ Propagation (forward, and input gradient over the reversed map with the weight t
 strides) is output stationary: a program owns ``BLOCK_M`` rows of the result and ``BLOCK_N`` of its channels,
 gathers source rows through the neighbour table and accumulates in fp32; every result row is stored once.
 The weight gradient reduces over pairs (per-offset chunks of the pair list) or over output rows (the packed
-form for few input channels) and leaves partial sums in a workspace or adds them atomically.
+form for few input channels) and leaves partial sums in a workspace or adds them atomically. Row counts are
+not specialized on, so the levels of a network share compiled kernels.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, SORT
 
 
 @fast_launch(precompilable=True)
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])
 def propagate_gather_kernel(
         x_ptr, w_ptr, y_ptr, sources_ptr, order_ptr, count_ptr, active_ptr,
         n_rows, c_red, c_n, kvol, stride_x, stride_wk, stride_wr, stride_wn, stride_y,
@@ -74,7 +75,7 @@ def propagate_gather_kernel(
 
 
 @fast_launch(precompilable=True)
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])
 def propagate_packed_kernel(
         x_ptr, w_ptr, y_ptr, nbr_ptr, n_rows, c_red, c_n, kvol, stride_x, stride_wk, stride_wr, stride_wn,
         stride_y, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -151,7 +152,7 @@ def wgrad_pairs_kernel(
 
 
 @fast_launch(precompilable=True)
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])
 def wgrad_packed_kernel(
         x_ptr, dy_ptr, out_ptr, nbr_ptr, n_rows, rows_per_split, c_in, c_out, kvol, stride_x, stride_dy,
         ATOMIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -180,7 +181,7 @@ def wgrad_packed_kernel(
 
 
 @fast_launch(precompilable=True)
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])
 def wgrad_rows_kernel(
         x_ptr, dy_ptr, out_ptr, nbr_ptr, order_ptr, n_rows, rows_per_split, c_in, c_out, kvol, stride_x,
         stride_dy, ATOMIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,

@@ -48,7 +48,7 @@ class BlockOffsets:
 
 
 @fast_launch
-@triton.jit
+@triton.jit(do_not_specialize=["n"])
 def _block_offsets_kernel(nbr_ptr, order_ptr, count_ptr, active_ptr, sources_ptr, n, KV: tl.constexpr,
                           SORTED: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr):
     """One row block: its rows' table entries, the offsets any of them uses, compacted in increasing order."""
