@@ -110,7 +110,7 @@ def test_budget_bounds_the_search_and_is_validated(monkeypatch):
             dispatch(Op.CONV_FWD, *operands(Op.CONV_FWD, kmap, c_in=7), kmap)  # a new signature
 
 
-def test_finite_budget_tunes_in_rounds_of_the_most_promising_points(monkeypatch):
+def test_first_tuning_is_a_short_round_of_the_most_promising_points(monkeypatch):
     # estimates rank the points 0 < 1 < ... < 9 (point 5 is the fastest); a point that won another signature
     # goes first
     fake = Fake("explicit_gemm", cost_ms=lambda p: 1 + 3 * abs(p["tile"] - 5), space={"tile": tuple(range(10))},
@@ -121,7 +121,7 @@ def test_finite_budget_tunes_in_rounds_of_the_most_promising_points(monkeypatch)
     a, b = operands(Op.CONV_FWD, kmap)
     default = fake.default_params(Signature.of(Op.CONV_FWD, a, b, kmap))["tile"]
     timed: list[set[int]] = []
-    for _ in range(4):
+    for _ in range(3):
         dispatch(Op.CONV_FWD, a, b, kmap)
         ok = {c.params["tile"] for c in _entry().candidates if c.status == "ok"}
         skipped = {c.params["tile"] for c in _entry().candidates if c.status == "skipped"}
@@ -130,8 +130,7 @@ def test_finite_budget_tunes_in_rounds_of_the_most_promising_points(monkeypatch)
         reset()  # the next process
     rest = sorted(set(range(10)) - {default})
     assert timed[0] == {default, *rest[:search.ROUND_POINTS]}
-    assert timed[1] == set(rest[search.ROUND_POINTS:2 * search.ROUND_POINTS])
-    assert set().union(*timed) == set(range(10))  # every point timed after enough rounds
+    assert timed[1] == set(rest[search.ROUND_POINTS:]) and timed[2] == set()  # the next tuning times the rest
     # another signature of the same op and dtype: this file's winner is among its first points
     winner = _entry().winner.params["tile"]
     assert winner == 5 != default

@@ -5,10 +5,11 @@ the reference algorithm (and for leaving its inputs untouched); then it is timed
 Close leaders are re-timed together before the choice. A candidate that raises or is wrong is recorded as
 failed and never chosen. Results already in the cache are reused, only missing candidates are timed.
 
-With a finite budget a tuning is one round: per algorithm its default point and the :data:`ROUND_POINTS` most
-promising new points (winners of the cache's other signatures first, then by the algorithm's cost estimate);
-the rest wait, recorded as skipped, for the next tuning of the signature (the next process). A new network's
-first call thus compiles and times a few points per signature, and later runs refine the choice.
+With a finite budget the first tuning of a signature is a short round: per algorithm its default point and the
+:data:`ROUND_POINTS` most promising points (winners of the cache's other signatures first, then by the
+algorithm's cost estimate); the rest wait, recorded as skipped, for the signature's next tuning (the next
+process), which times them within the budget. A new network's first call thus compiles and times a few points
+per signature, and the next run completes the search.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ BUDGET_ENV = "WARPCONVNET_TUNE_BUDGET_MS"
 DEFAULT_BUDGET_MS = 2000.0
 WORKERS_ENV = "WARPCONVNET_COMPILE_WORKERS"
 MAX_WORKERS = 16
-ROUND_POINTS = 3  # new non-default points per algorithm in one tuning (with a finite budget)
+ROUND_POINTS = 3  # non-default points per algorithm in a signature's first tuning (with a finite budget)
 PRUNE_FACTOR = 4.0  # points estimated this many times costlier than their algorithm's best are not timed
 TARGET_MS = 40.0  # timed repeats per candidate aim at about this much time
 MIN_REPS, MAX_REPS = 3, 20
@@ -316,13 +317,15 @@ def benchmark(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Si
     budget = tune_budget_ms()
     with torch.no_grad():
         session = _Session(op, a, b, kmap, sig, budget)
-        plan = _plan(todo, sig, proven, None if math.isinf(budget) else ROUND_POINTS)
+        first = len(todo) == len(everything)  # nothing measured yet for this signature
+        plan = _plan(todo, sig, proven, ROUND_POINTS if first and math.isfinite(budget) else None)
         ordered = plan.timed
         session.precompile(ordered)
         new = {c.ident: c.result("pruned", error=f"estimated over {PRUNE_FACTOR:g}x its algorithm's best")
                for c in plan.pruned}
-        new.update((c.ident, c.result("skipped", error=f"left for a later tuning (at most {ROUND_POINTS} new "
-                                                       "points per algorithm in one)")) for c in plan.deferred)
+        new.update((c.ident, c.result("skipped", error=f"left for the next tuning (a first tuning times {ROUND_POINTS}"
+                                                       " points per algorithm besides its default)"))
+                   for c in plan.deferred)
 
         def best_ms() -> float | None:
             times = [r.median_ms for r in (*settled.values(), *new.values()) if r.status == "ok"]
