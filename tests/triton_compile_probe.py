@@ -82,6 +82,8 @@ def exercise() -> None:
         triton_maps.discover_map(src, down, down.output_shape(src.spatial_shape))
     finally:
         torch.cumsum = cumsum
+    up = ConvGeometry((2, 2, 2), (2, 2, 2), transposed=True)
+    triton_maps.spread_map(src, up, up.output_shape(src.spatial_shape))
     kmap = build_kernel_map(src, subm, src.spatial_shape, src, "subm", builder="torch")[0]
     triton_maps.reverse_table(kmap.nbr, kmap.num_in)
     triton_maps.row_mask(kmap.nbr)

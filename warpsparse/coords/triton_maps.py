@@ -215,6 +215,30 @@ def _fill_lanes_kernel(coords_ptr, lane_slot_ptr, slots_ptr, nbr_ptr, count_ptr,
 
 @fast_launch
 @triton.jit(do_not_specialize=["n"])
+def _spread_kernel(coords_ptr, out_ptr, nbr_ptr, count_ptr, n, K1: tl.constexpr, K2: tl.constexpr,
+                   S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
+                   D2: tl.constexpr, KV: tl.constexpr, KP: tl.constexpr, ROWS: tl.constexpr):
+    """Output ``r`` is input ``i = r // KV`` moved by kernel position ``k = r % KV`` (coordinates ``x*S + t*D``)
+    and its only pair is ``nbr[r, k] = i``; program 0 stores the pair count ``n * KV``."""
+    r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    live = r < n * KV
+    i = r // KV
+    k = r - i * KV
+    src = coords_ptr + i * 4
+    dst = out_ptr + r * 4
+    tl.store(dst, tl.load(src, mask=live, other=0), mask=live)
+    tl.store(dst + 1, tl.load(src + 1, mask=live, other=0) * S0 + (k // (K1 * K2) * D0).to(tl.int32), mask=live)
+    tl.store(dst + 2, tl.load(src + 2, mask=live, other=0) * S1 + (k // K2 % K1 * D1).to(tl.int32), mask=live)
+    tl.store(dst + 3, tl.load(src + 3, mask=live, other=0) * S2 + (k % K2 * D2).to(tl.int32), mask=live)
+    j = tl.arange(0, KP)
+    pair = tl.where(j[None, :] == k[:, None], i[:, None].to(tl.int32), -1)
+    tl.store(nbr_ptr + r[:, None] * KV + j[None, :], pair, mask=live[:, None] & (j < KV)[None, :])
+    if tl.program_id(0) == 0:
+        tl.store(count_ptr, n.to(tl.int64) * KV)
+
+
+@fast_launch
+@triton.jit(do_not_specialize=["n"])
 def _row_mask_kernel(nbr_ptr, mask_ptr, n, KV: tl.constexpr, ROWS: tl.constexpr, KP: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     k = tl.arange(0, KP)
@@ -351,14 +375,18 @@ def spread_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[to
     if n * kv > _MAX_LANES:
         raise ValueError(f"{n} input sites x {kv} offsets = {n * kv} output sites, more than the {_MAX_LANES} one "
                          "map build supports; split the batch")
-    coords = src.coords
-    scaled = torch.stack([coords[:, 1 + a] * geom.stride[a] for a in range(3)], dim=1)  # no host-to-device copy
-    moved = scaled[:, None, :] + geom.offsets(dev).to(coords.dtype)  # [N, K, 3]
-    out_coords = torch.cat([coords[:, None, :1].expand(n, kv, 1), moved], dim=2).reshape(n * kv, 4)
-    nbr = torch.full((n, kv, kv), -1, dtype=torch.int32, device=dev)
-    nbr.diagonal(dim1=1, dim2=2).copy_(torch.arange(n, dtype=torch.int32, device=dev)[:, None].expand(n, kv))
-    count = torch.full((1,), n * kv, dtype=torch.int64, device=dev)
-    return nbr.view(n * kv, kv), count, CoordSet(out_coords, out_shape, src.batch_size)
+    require_runnable(dev)
+    out_coords = torch.empty((n * kv, 4), dtype=torch.int32, device=dev)
+    nbr = torch.empty((n * kv, kv), dtype=torch.int32, device=dev)
+    count = torch.empty(1, dtype=torch.int64, device=dev)
+    kp = pow2_at_least(kv)
+    rows = max(1, ROWS.lanes_on(dev) // kp)
+    geo = _geometry_args(geom)
+    _spread_kernel[(max(1, cdiv(n * kv, rows)),)](src.coords.contiguous(), out_coords, nbr, count, n, K1=geo["K1"],
+                                                  K2=geo["K2"], S0=geo["S0"], S1=geo["S1"], S2=geo["S2"],
+                                                  D0=geo["D0"], D1=geo["D1"], D2=geo["D2"], KV=kv, KP=kp, ROWS=rows,
+                                                  num_warps=ROWS.warps)
+    return nbr, count, CoordSet(out_coords, out_shape, src.batch_size)
 
 
 def build_kernel_map_triton(src: CoordSet, geom: ConvGeometry, out_shape: Triple, out: CoordSet | None = None
