@@ -148,3 +148,24 @@ def test_host_costs_tiny_gpu(monkeypatch, capsys):
     names = {line.rsplit(maxsplit=2)[0] for line in lines}
     assert {"module fwd+bwd", "dispatch wgrad", "+ mask sort", "+ pair chunks and int32 pairs"} <= names, names
     assert all(math.isfinite(float(line.split()[-2])) for line in lines), lines
+
+
+def test_first_call_breakdown_tiny_cpu(tmp_path):
+    """``bench/first_call.py`` (in its own process: it wraps the tuner and the compilers) splits a first call."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "WARPCONVNET_BENCHMARK_CACHE_DIR": str(tmp_path), "WARPCONVNET_TUNE_BUDGET_MS": "1",
+           "PYTHONPATH": str(repo)}
+    done = subprocess.run([sys.executable, str(repo / "bench" / "first_call.py"), "--device", "cpu",
+                           "--voxel-size", "3.2", "--width-divisor", "16"], env=env, capture_output=True, text=True, timeout=900, cwd=repo)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    head = lines[0].split()
+    assert head[:2] == ["first", "call"] and float(head[2]) > 0 and int(head[4]) > 0, lines[0]
+    rows = [line for line in lines if "conv_fwd" in line or "conv_dgrad" in line or "conv_wgrad" in line]
+    assert len(rows) == int(head[4]) and all("explicit_gemm" in row for row in rows)
+    assert any(line.strip().startswith("reference") for line in lines)

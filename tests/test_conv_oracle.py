@@ -308,9 +308,10 @@ def test_explicit_gemm_every_param_point(geometry):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_explicit_gemm_half_rounds_once(device, dtype):
     """Half inputs: every op of explicit_gemm (looped and batched offsets) keeps its per-offset partial results
-    in fp32 and rounds once, so each result is within one 16-bit step of the float64 result, even where tiny
-    values would lose their digits to a rounding per offset (forward and input gradient; the weight gradient
-    computes each offset with one matmul anyway)."""
+    in fp32 and rounds once, so each result is within one 16-bit step of the float64 result, plus what fp32
+    sums of its terms may lose (``terms * 2**-24`` times the sum of their magnitudes), even where tiny values
+    would lose their digits to a rounding per offset (forward and input gradient; the weight gradient computes
+    each offset with one matmul anyway)."""
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     inp = random_input(200, 32, shape=(6, 6, 6))
@@ -322,8 +323,10 @@ def test_explicit_gemm_half_rounds_once(device, dtype):
     algo = ExplicitGemm()
     for op, a, b in ((Op.CONV_FWD, x * tiny, w), (Op.CONV_DGRAD, dy, w), (Op.CONV_WGRAD, x, dy)):
         exact = algo.run(op, {"batch_below": 0}, a.double(), b.double(), kmap)
+        magnitude = algo.run(op, {"batch_below": 0}, a.double().abs(), b.double().abs(), kmap)
+        terms = kmap.num_out if op == Op.CONV_WGRAD else 27 * 32  # products summed into one result
         step = (torch.nextafter(exact.abs().to(dtype), torch.tensor(math.inf, dtype=dtype, device=device))
-                - exact.abs().to(dtype)).double()
+                - exact.abs().to(dtype)).double() + terms * 2.0 ** -24 * magnitude
         for params in algo.param_space(Signature.of(op, a, b, kmap)).points():
             got = algo.run(op, params, a, b, kmap)
             assert got.dtype == dtype
