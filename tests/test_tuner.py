@@ -9,7 +9,8 @@ from helpers_tuner import Fake, cache_dir, operands, random_map, truth, use_regi
 from warpsparse.algorithms.base import CONV_OPS, DEPTHWISE_OPS, Op, Signature
 from warpsparse.algorithms.explicit import ExplicitDepthwise, ExplicitGemm
 from warpsparse import triton_launch
-from warpsparse.tuner import collect_calls, dispatch, dispatcher, pretune, reset, save_tuning_cache, search, store
+from warpsparse.tuner import (Call, collect_calls, dispatch, dispatcher, mode_for, pretune, reset, save_tuning_cache,
+                              search, store)
 from warpsparse.tuner.key import density_bucket, entry_key, half_octave, hot_key
 
 pytestmark = pytest.mark.usefixtures("cache_dir")
@@ -141,6 +142,18 @@ def test_first_tuning_is_a_short_round_of_the_most_promising_points(monkeypatch)
     other = next(e for e in store.read_document(store.cache_file()).entries if e.key.signature.c_in == 9)
     first = {r.params["tile"] for r in other.candidates if r.status == "ok"}
     assert winner in first and len(first) == 1 + search.ROUND_POINTS
+
+
+def test_retuning_times_every_point_within_the_budget(monkeypatch):
+    fake = Fake("explicit_gemm", space={"tile": tuple(range(10))})
+    use_registry(monkeypatch, fake)
+    monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "60000")
+    kmap = random_map()
+    a, b = operands(Op.CONV_FWD, kmap)
+    dispatch(Op.CONV_FWD, a, b, kmap)  # a first tuning: one round
+    assert [c.status for c in _entry().candidates].count("ok") == 1 + search.ROUND_POINTS
+    pretune([Call(Op.CONV_FWD, a, b, kmap, mode_for(Op.CONV_FWD, None))], retune=True, progress=False)
+    assert [c.status for c in _entry().candidates].count("ok") == 10
 
 
 def test_compiling_algorithms_precompile_their_first_points_side_by_side(monkeypatch):

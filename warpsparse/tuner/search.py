@@ -311,13 +311,12 @@ def _plan(todo: list[Candidate], sig: Signature, proven: set[str], round_points:
 
 def benchmark(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Signature,
               todo: list[Candidate], settled: dict[str, CandidateResult],
-              everything: list[Candidate], proven: set[str]) -> dict[str, CandidateResult]:
+              everything: list[Candidate], proven: set[str], first: bool) -> dict[str, CandidateResult]:
     """Measure ``todo`` (given the ``settled`` results of the other candidates, and the idents of ``proven``
-    points); the new results by ident."""
+    points; a ``first`` tuning with a finite budget is a short round); the new results by ident."""
     budget = tune_budget_ms()
     with torch.no_grad():
         session = _Session(op, a, b, kmap, sig, budget)
-        first = len(todo) == len(everything)  # nothing measured yet for this signature
         plan = _plan(todo, sig, proven, ROUND_POINTS if first and math.isfinite(budget) else None)
         ordered = plan.timed
         session.precompile(ordered)
@@ -367,7 +366,8 @@ def choose(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Signa
     new: dict[str, CandidateResult] = {}
     if todo:
         start = time.perf_counter()
-        new = benchmark(op, a, b, kmap, sig, todo, settled, everything, store.winners_like(key))
+        first = not retune and not known  # nothing recorded for this signature yet
+        new = benchmark(op, a, b, kmap, sig, todo, settled, everything, store.winners_like(key), first)
         _log_tuned(sig, everything, {**settled, **new}, new, (time.perf_counter() - start) * 1e3)
     if new or restated:
         store.record(key, [*restated, *new.values()])
