@@ -132,8 +132,9 @@ def peak_allocations(fn: Callable[[], object], label: str) -> None:
                 now += event["size"]
                 if now > top:
                     top, at_top = now, dict(live)
-            elif event["action"] == "free_completed" and event["addr"] in live:
-                now -= live.pop(event["addr"])["size"]
+            elif event["action"] == "free_completed":  # blocks from before the call count when freed too
+                now -= event["size"]
+                live.pop(event["addr"], None)
     groups: Totals[str] = collections.Counter()
     for event in at_top.values():
         frames = [f for f in event.get("frames", []) if "/warpsparse/" in f["filename"] or "/bench/" in f["filename"]]

@@ -98,6 +98,21 @@ class Config:
     profile: bool
 
 
+@contextlib.contextmanager
+def env_vars(values: dict[str, str]) -> Iterator[None]:
+    """Set the environment variables ``values`` in this process for the ``with`` block."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @dataclass
 class Run:
     """What the workloads share: the configuration, the deadline, the peer, the caches and the results."""
@@ -125,20 +140,14 @@ class Run:
     @contextlib.contextmanager
     def caches(self, name: str) -> Iterator[None]:
         """Use the caches of ``name`` in this process (the tuning probes of that network filled them)."""
-        env = self.cache_env(name)
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            yield
-        finally:
-            from warpsparse.tuner import save_tuning_cache
+        with env_vars(self.cache_env(name)):
+            try:
+                yield
+            finally:
+                from warpsparse.tuner import save_tuning_cache
 
-            save_tuning_cache()
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+                save_tuning_cache()
+
 
     def check_time(self) -> None:
         if self.deadline.passed:
@@ -409,12 +418,14 @@ def exhaustive(run: Run, op: Any, a: torch.Tensor, b: torch.Tensor, kmap: Any, a
     from warpsparse.algorithms import registry
     from warpsparse.algorithms.base import Signature
     from warpsparse.tuner import Call, mode_for, pretune
+    from warpsparse.tuner.search import BUDGET_ENV
     from warpsparse.tuner.timing import output_error, tolerance
 
     device = run.cfg.device
     sig = Signature.of(op, a, b, kmap)
     mode = mode_for(op, algo)
-    chosen_alg, chosen_params = pretune([Call(op, a, b, kmap, mode)], progress=False)[0]
+    with env_vars({BUDGET_ENV: "inf"}):  # AUTO's choice once its search of the signature is complete
+        chosen_alg, chosen_params = pretune([Call(op, a, b, kmap, mode)], progress=False)[0]
     ref_alg = registry.get("explicit_gemm")
     ref = ref_alg.run(op, ref_alg.default_params(sig), a, b, kmap)
     tol = tolerance(sig.dtype, sig.tf32)
@@ -475,7 +486,8 @@ def regret_workload(run: Run, section: dict[str, Any]) -> dict[str, Any]:
 
     section["notes"].append(f"candidates allowed by fwd_algo/bwd_algo={algo!r}, dtype "
                             f"{str(dtype).removeprefix('torch.')}; AUTO's choice is the tuner's decision for the "
-                            "signature (from the cache the spconv_net workload filled)")
+                            "signature once its search is complete (the cache the spconv_net workload filled, "
+                            "completed without a tuning budget)")
     with run.caches("spconv_net"):
         suite = layer_suite(run)
         for op in (Op.CONV_FWD, Op.CONV_DGRAD, Op.CONV_WGRAD):

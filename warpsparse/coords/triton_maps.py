@@ -376,6 +376,7 @@ def spread_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[to
         raise ValueError(f"{n} input sites x {kv} offsets = {n * kv} output sites, more than the {_MAX_LANES} one "
                          "map build supports; split the batch")
     require_runnable(dev)
+    key_radix(out_shape, src.batch_size)  # the output set's keys must fit (ValueError past 2**62), as discovery's
     out_coords = torch.empty((n * kv, 4), dtype=torch.int32, device=dev)
     nbr = torch.empty((n * kv, kv), dtype=torch.int32, device=dev)
     count = torch.empty(1, dtype=torch.int64, device=dev)

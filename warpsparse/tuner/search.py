@@ -5,11 +5,11 @@ the reference algorithm (and for leaving its inputs untouched); then it is timed
 Close leaders are re-timed together before the choice. A candidate that raises or is wrong is recorded as
 failed and never chosen. Results already in the cache are reused, only missing candidates are timed.
 
-With a finite budget the first tuning of a signature is a short round: per algorithm its default point and the
+With a finite budget the first tuning of an algorithm on a signature is a short round: its default point and the
 :data:`ROUND_POINTS` most promising points (winners of the cache's other signatures first, then by the
-algorithm's cost estimate); the rest wait, recorded as skipped, for the signature's next tuning (the next
-process), which times them within the budget. A new network's first call thus compiles and times a few points
-per signature, and the next run completes the search.
+algorithm's cost estimate); the rest wait, recorded as skipped, for the signature's next tuning (usually the
+next process), which times them within the budget. A new network's first call thus compiles and times a few
+points per signature, and the next run continues the search within the budget.
 """
 from __future__ import annotations
 
@@ -275,16 +275,16 @@ class Plan:
     deferred: list[Candidate]  # left for a later round
 
 
-def _plan(todo: list[Candidate], sig: Signature, proven: set[str], round_points: int | None) -> Plan:
+def _plan(todo: list[Candidate], sig: Signature, proven: set[str], rounds: set[str]) -> Plan:
     """Split ``todo``: per algorithm the default, then ``proven`` points (winners elsewhere), then the rest by
-    estimate; past ``round_points`` non-default points (``None``: no limit) they are deferred."""
+    estimate; an algorithm in ``rounds`` defers its points past :data:`ROUND_POINTS` non-default ones."""
     groups: dict[str, list[Candidate]] = {}
     for c in todo:
         groups.setdefault(c.algorithm.name, []).append(c)
     pruned: list[Candidate] = []
     deferred: list[Candidate] = []
     ordered_groups = []
-    for group in groups.values():
+    for name, group in groups.items():
         estimates: dict[str, float] = {}
         for c in group:
             try:
@@ -299,8 +299,8 @@ def _plan(todo: list[Candidate], sig: Signature, proven: set[str], round_points:
         kept = {c.ident for c in keep}
         pruned.extend(c for c in group if c.ident not in kept)
         keep.sort(key=lambda c: (not c.is_default, c.ident not in proven, estimates.get(c.ident, math.inf)))
-        if round_points is not None:
-            cut = sum(c.is_default for c in keep) + round_points
+        if name in rounds:
+            cut = sum(c.is_default for c in keep) + ROUND_POINTS
             keep, later = keep[:cut], keep[cut:]
             deferred.extend(later)
         ordered_groups.append(keep)
@@ -311,13 +311,13 @@ def _plan(todo: list[Candidate], sig: Signature, proven: set[str], round_points:
 
 def benchmark(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Signature,
               todo: list[Candidate], settled: dict[str, CandidateResult],
-              everything: list[Candidate], proven: set[str], first: bool) -> dict[str, CandidateResult]:
+              everything: list[Candidate], proven: set[str], new_algorithms: set[str]) -> dict[str, CandidateResult]:
     """Measure ``todo`` (given the ``settled`` results of the other candidates, and the idents of ``proven``
-    points; a ``first`` tuning with a finite budget is a short round); the new results by ident."""
+    points; with a finite budget, ``new_algorithms`` time a short round); the new results by ident."""
     budget = tune_budget_ms()
     with torch.no_grad():
         session = _Session(op, a, b, kmap, sig, budget)
-        plan = _plan(todo, sig, proven, ROUND_POINTS if first and math.isfinite(budget) else None)
+        plan = _plan(todo, sig, proven, new_algorithms if math.isfinite(budget) else set())
         ordered = plan.timed
         session.precompile(ordered)
         new = {c.ident: c.result("pruned", error=f"estimated over {PRUNE_FACTOR:g}x its algorithm's best")
@@ -366,8 +366,9 @@ def choose(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Signa
     new: dict[str, CandidateResult] = {}
     if todo:
         start = time.perf_counter()
-        first = not retune and not known  # nothing recorded for this signature yet
-        new = benchmark(op, a, b, kmap, sig, todo, settled, everything, store.winners_like(key), first)
+        # algorithms tuned on this signature for the first time (a retune searches every point again)
+        fresh = set() if retune else {c.algorithm.name for c in everything} - {r.algorithm for r in known.values()}
+        new = benchmark(op, a, b, kmap, sig, todo, settled, everything, store.winners_like(key), fresh)
         _log_tuned(sig, everything, {**settled, **new}, new, (time.perf_counter() - start) * 1e3)
     if new or restated:
         store.record(key, [*restated, *new.values()])

@@ -204,11 +204,10 @@ class TuningStore:
         same = ("op", "dtype", "tf32")
         mine = tuple(getattr(key.signature, f) for f in same)
         with self._mutex:
-            entries = [results for other, results in self._results.items()  # type: ignore[union-attr]
-                       if other != key and other.device == key.device and other.versions == key.versions
-                       and tuple(getattr(other.signature, f) for f in same) == mine]
-        best = (min((r for r in results.values() if r.status == "ok"), key=lambda r: r.score_ms, default=None)
-                for results in entries)
+            best = [min((r for r in results.values() if r.status == "ok"), key=lambda r: r.score_ms, default=None)
+                    for other, results in self._results.items()  # type: ignore[union-attr]
+                    if other != key and other.device == key.device and other.versions == key.versions
+                    and tuple(getattr(other.signature, f) for f in same) == mine]
         return {r.ident for r in best if r is not None}
 
     def record(self, key: EntryKey, results: list[CandidateResult]) -> None:
