@@ -109,11 +109,21 @@ def exercise() -> None:
         pooling.max_pool_backward(y, source.zero_(), n)
 
 
+def unspecialized_names_exist(fn: Any) -> str | None:
+    """Triton ignores ``do_not_specialize`` names that are not parameters: a misspelling would silently bring
+    back one compile per size. ``None``, or what is wrong."""
+    wrong = [name for name in fn.do_not_specialize if isinstance(name, str) and name not in fn.arg_names]
+    return f"{fn.__name__}: do_not_specialize names {wrong} are not parameters" if wrong else None
+
+
 def main() -> int:
     triton_launch.FastLaunch.launch = _record  # type: ignore[method-assign]
     for module in (triton_hash, triton_maps):
         module.require_runnable = lambda device: None  # type: ignore[attr-defined]
     exercise()
+    for problem in filter(None, map(unspecialized_names_exist, {fn for fn, _, _ in calls})):
+        print(f"FAILED {problem}", flush=True)
+        return 1
     done: set[str] = set()
     for fn, args, kwargs in calls:
         signature, constexprs, options = compile_request(fn, args, kwargs)
@@ -129,6 +139,7 @@ def main() -> int:
         print(f"compiled {fn.__name__} {sorted(constexprs.items())} {options}", flush=True)
     print(f"{len(done)} kernel variants of {len({c[0].__name__ for c in calls})} kernels compiled for {TARGET}")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
