@@ -198,6 +198,13 @@ def test_disjoint_transposed_maps_need_no_discovery(geom: ConvGeometry, monkeypa
     check_own_table(got[1])
 
 
+def test_disjoint_transposed_map_of_no_sites() -> None:
+    geom = ConvGeometry((2, 2, 2), (2, 2, 2), transposed=True)
+    src = shuffled_set(torch.zeros((0, 4), dtype=torch.int32), (5, 4, 6), 1)
+    km, out = build_kernel_map(src, geom, geom.output_shape(src.spatial_shape), kind="transposed", builder="triton")
+    assert km.nbr.shape == (0, 8) and out.num_points == 0 and km.num_pairs == 0
+
+
 def test_overlapping_padded_or_clipped_transposed_maps_are_discovered() -> None:
     shape = (5, 4, 6)
     full = ConvGeometry((2, 2, 2), (2, 2, 2), transposed=True)
