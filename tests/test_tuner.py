@@ -146,6 +146,21 @@ def test_first_tuning_is_a_short_round_of_the_most_promising_points(monkeypatch)
     assert winner in first and len(first) == 1 + search.ROUND_POINTS
 
 
+def test_a_point_that_won_another_signature_is_not_pruned_by_its_estimate(monkeypatch):
+    fake = Fake("explicit_gemm", cost_ms=lambda p: 1 + 3 * (p["tile"] != 2), space={"tile": (0, 1, 2)},
+                estimate=lambda p: 1.0)
+    use_registry(monkeypatch, fake)
+    monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "inf")
+    kmap = random_map()
+    dispatch(Op.CONV_FWD, *operands(Op.CONV_FWD, kmap), kmap)
+    assert _entry().winner.params == {"tile": 2}
+    fake.estimate = lambda p: 100.0 if p["tile"] == 2 else 1.0  # now estimated hopeless
+    dispatch(Op.CONV_FWD, *operands(Op.CONV_FWD, kmap, c_in=9), kmap)
+    assert save_tuning_cache()
+    other = next(e for e in store.read_document(store.cache_file()).entries if e.key.signature.c_in == 9)
+    assert {c.params["tile"]: c.status for c in other.candidates}[2] == "ok" and other.winner.params == {"tile": 2}
+
+
 def test_retuning_times_every_point_within_the_budget(monkeypatch):
     fake = Fake("explicit_gemm", space={"tile": tuple(range(10))})
     use_registry(monkeypatch, fake)

@@ -294,8 +294,8 @@ def _plan(todo: list[Candidate], sig: Signature, proven: set[str], rounds: set[s
             if est is not None:
                 estimates[c.ident] = float(est)
         floor = min(estimates.values(), default=None)
-        keep = [c for c in group if c.is_default or floor is None or c.ident not in estimates
-                or estimates[c.ident] <= PRUNE_FACTOR * floor]
+        keep = [c for c in group if c.is_default or c.ident in proven or floor is None or c.ident not in estimates
+                or estimates[c.ident] <= PRUNE_FACTOR * floor]  # a point that won elsewhere overrules its estimate
         kept = {c.ident for c in keep}
         pruned.extend(c for c in group if c.ident not in kept)
         keep.sort(key=lambda c: (not c.is_default, c.ident not in proven, estimates.get(c.ident, math.inf)))
