@@ -195,6 +195,7 @@ def test_disjoint_transposed_maps_need_no_discovery(geom: ConvGeometry, monkeypa
     assert pairs_of(*got) == set(pairs) and len(pairs) == src.num_points * geom.kernel_volume
     assert [tuple(c) for c in got[1].coords.tolist()] == first_reach_order(pairs)
     assert CACHE_KEY not in got[1].cache
+    assert type(got[0]._pair_count) is int  # known on the host: num_pairs reads nothing back
     check_own_table(got[1])
 
 

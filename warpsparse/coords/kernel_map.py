@@ -45,8 +45,9 @@ class KernelMap:
     ``kind`` names the geometry (``"subm"``, ``"conv"``, ``"transposed"``, ...); ``symmetric`` marks maps
     whose reverse is the forward table with offsets mirrored (submanifold maps with centred kernels).
     A builder that computed the row masks or the pair count on the way passes them as ``_mask`` and
-    ``_pair_count`` (a device tensor). On CUDA the layouts are built
-    by Triton kernels without host reads (except :attr:`pairs`, which reads its counts once).
+    ``_pair_count`` (a device tensor, or an int when the host knows it: then reading it costs no sync). On CUDA
+    the layouts are built by Triton kernels without host reads (except :attr:`pairs`, which reads its counts
+    once).
     """
 
     nbr: torch.Tensor
@@ -57,7 +58,7 @@ class KernelMap:
     symmetric: bool = False
     _reverse: "KernelMap | None" = field(default=None, repr=False)
     _mask: torch.Tensor | None = field(default=None, repr=False)
-    _pair_count: torch.Tensor | None = field(default=None, repr=False)
+    _pair_count: torch.Tensor | int | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.nbr.dim() != 2 or self.nbr.dtype != torch.int32:

@@ -215,11 +215,13 @@ def _fill_lanes_kernel(coords_ptr, lane_slot_ptr, slots_ptr, nbr_ptr, count_ptr,
 
 @fast_launch
 @triton.jit(do_not_specialize=["n"])
-def _spread_kernel(coords_ptr, out_ptr, nbr_ptr, count_ptr, n, K1: tl.constexpr, K2: tl.constexpr,
+def _spread_kernel(coords_ptr, out_ptr, nbr_ptr, n, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
                    S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
-                   D2: tl.constexpr, KV: tl.constexpr, KP: tl.constexpr, ROWS: tl.constexpr):
-    """Output ``r`` is input ``i = r // KV`` moved by kernel position ``k = r % KV`` (coordinates ``x*S + t*D``)
-    and its only pair is ``nbr[r, k] = i``; program 0 stores the pair count ``n * KV``."""
+                   D2: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, KP: tl.constexpr,
+                   ROWS: tl.constexpr):
+    """Output ``r`` is input ``i = r // KV`` moved by kernel position ``k = r % KV`` (coordinates
+    ``x*S + t*D - P``) and its only pair is ``nbr[r, k] = i``."""
+    KV: tl.constexpr = K0 * K1 * K2
     r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     live = r < n * KV
     i = r // KV
@@ -227,14 +229,13 @@ def _spread_kernel(coords_ptr, out_ptr, nbr_ptr, count_ptr, n, K1: tl.constexpr,
     src = coords_ptr + i * 4
     dst = out_ptr + r * 4
     tl.store(dst, tl.load(src, mask=live, other=0), mask=live)
-    tl.store(dst + 1, tl.load(src + 1, mask=live, other=0) * S0 + (k // (K1 * K2) * D0).to(tl.int32), mask=live)
-    tl.store(dst + 2, tl.load(src + 2, mask=live, other=0) * S1 + (k // K2 % K1 * D1).to(tl.int32), mask=live)
-    tl.store(dst + 3, tl.load(src + 3, mask=live, other=0) * S2 + (k % K2 * D2).to(tl.int32), mask=live)
+    tl.store(dst + 1, tl.load(src + 1, mask=live, other=0) * S0 + (k // (K1 * K2) * D0 - P0).to(tl.int32),
+             mask=live)
+    tl.store(dst + 2, tl.load(src + 2, mask=live, other=0) * S1 + (k // K2 % K1 * D1 - P1).to(tl.int32), mask=live)
+    tl.store(dst + 3, tl.load(src + 3, mask=live, other=0) * S2 + (k % K2 * D2 - P2).to(tl.int32), mask=live)
     j = tl.arange(0, KP)
     pair = tl.where(j[None, :] == k[:, None], i[:, None].to(tl.int32), -1)
     tl.store(nbr_ptr + r[:, None] * KV + j[None, :], pair, mask=live[:, None] & (j < KV)[None, :])
-    if tl.program_id(0) == 0:
-        tl.store(count_ptr, n.to(tl.int64) * KV)
 
 
 @fast_launch
@@ -367,9 +368,10 @@ def disjoint_lanes(geom: ConvGeometry, in_shape: Triple, out_shape: Triple) -> b
         for n, k, s, p, d, o in zip(in_shape, geom.kernel_size, geom.stride, geom.padding, geom.dilation, out_shape))
 
 
-def spread_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[torch.Tensor, torch.Tensor, CoordSet]:
+def spread_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[torch.Tensor, int, CoordSet]:
     """``(nbr, pair count, output set)`` of a :func:`disjoint_lanes` geometry: output ``i*K + k`` is input ``i``
-    moved by kernel position ``k`` (the lane order, as :func:`discover_map` numbers them); no host read."""
+    moved by kernel position ``k`` (the lane order, as :func:`discover_map` numbers them). Every lane is a pair,
+    so the count is known here: neither the build nor the map's :attr:`~KernelMap.num_pairs` reads the device."""
     n, kv = src.num_points, geom.kernel_volume
     dev = src.device
     if n * kv > _MAX_LANES:
@@ -379,26 +381,21 @@ def spread_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[to
     key_radix(out_shape, src.batch_size)  # the output set's keys must fit (ValueError past 2**62), as discovery's
     out_coords = torch.empty((n * kv, 4), dtype=torch.int32, device=dev)
     nbr = torch.empty((n * kv, kv), dtype=torch.int32, device=dev)
-    count = torch.empty(1, dtype=torch.int64, device=dev)
-    kp = pow2_at_least(kv)
-    rows = max(1, ROWS.lanes_on(dev) // kp)
-    geo = _geometry_args(geom)
-    _spread_kernel[(max(1, cdiv(n * kv, rows)),)](src.coords.contiguous(), out_coords, nbr, count, n, K1=geo["K1"],
-                                                  K2=geo["K2"], S0=geo["S0"], S1=geo["S1"], S2=geo["S2"],
-                                                  D0=geo["D0"], D1=geo["D1"], D2=geo["D2"], KV=kv, KP=kp, ROWS=rows,
-                                                  num_warps=ROWS.warps)
-    return nbr, count, CoordSet(out_coords, out_shape, src.batch_size)
+    if n:
+        kp = pow2_at_least(kv)
+        rows = max(1, ROWS.lanes_on(dev) // kp)
+        _spread_kernel[(cdiv(n * kv, rows),)](src.coords.contiguous(), out_coords, nbr, n, **_geometry_args(geom),
+                                              KP=kp, ROWS=rows, num_warps=ROWS.warps)
+    return nbr, n * kv, CoordSet(out_coords, out_shape, src.batch_size)
 
 
 def build_kernel_map_triton(src: CoordSet, geom: ConvGeometry, out_shape: Triple, out: CoordSet | None = None
-                            ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, CoordSet]:
+                            ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | int, CoordSet]:
     """``(nbr, row masks, pair count, output set)``: the output sites are ``out`` or, when ``None``, discovered
     (then the row masks are ``None``: the map computes them if something needs them)."""
     if out is None:
-        if disjoint_lanes(geom, src.spatial_shape, out_shape):
-            nbr, count, out = spread_map(src, geom, out_shape)
-            return nbr, None, count, out
-        nbr, count, out = discover_map(src, geom, out_shape)
+        build = spread_map if disjoint_lanes(geom, src.spatial_shape, out_shape) else discover_map
+        nbr, count, out = build(src, geom, out_shape)
         return nbr, None, count, out
     nbr, mask, count = fill_map(src, geom, out_shape, out)
     return nbr, mask, count, out
