@@ -281,7 +281,8 @@ def key_results(results: dict[str, Any]) -> list[str]:
             speed = ratio(sp, ws)
             state = "not measured" if speed is None else ("met" if speed >= target.speedup else "MISSED")
             out.append(f"- {ln.network} {ln.precision} {ln.pass_}: {primary} {_fmt(ws) or 'n/a'} ms, spconv "
-                       f"{_fmt(sp) or 'n/a'} ms, speed-up {_x(speed) or 'n/a'} (target >= {target.speedup:g}x: {state})")
+                       f"{_fmt(sp) or 'n/a'} ms, speed-up {_x(speed) or 'n/a'} "
+                       f"(target >= {target.speedup:g}x: {state})")
     for r in wl.get("tuning", {}).get("rows", []):
         if r["phase"] in ("empty cache", "empty tuning cache"):
             first = r.get("first_call_s")

@@ -148,7 +148,6 @@ class Run:
 
                 save_tuning_cache()
 
-
     def check_time(self) -> None:
         if self.deadline.passed:
             raise OutOfTime(f"time budget of {self.cfg.budget_s:g} s used up")

@@ -71,8 +71,8 @@ class _Entry(NamedTuple):
 @contextlib.contextmanager
 def precompiling(workers: int) -> Iterator[None]:
     """Launches of ``precompilable`` kernels from this thread inside only compile them, ``workers`` at a time;
-    leaving waits for every compilation. Other threads launch as usual. Their outputs are left unwritten; compile errors are dropped here and surface at
-    the kernel's next real launch."""
+    leaving waits for every compilation. Other threads launch as usual. Their outputs are left unwritten;
+    compile errors are dropped here and surface at the kernel's next real launch."""
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="warpsparse-compile") as pool, \
             AsyncCompileMode(pool, ignore_errors=True):
         token = _precompiling.set(True)

@@ -174,13 +174,14 @@ class _Session:
         todo = [c for c in cands if c.algorithm.precompiles][:2 * workers]
         if not compiled_on(self.device) or workers < 2 or len(todo) < 2:
             return
+        started = time.perf_counter()
         with precompiling(workers):
             for cand in todo:
                 try:
                     self._call(cand)()
                 except Exception:  # noqa: BLE001 - the candidate's checked run reports its own failure
                     log.debug("precompiling %s failed", cand.label, exc_info=True)
-        self.start = time.perf_counter()
+        self.start += time.perf_counter() - started
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
