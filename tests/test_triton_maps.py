@@ -199,6 +199,41 @@ def test_disjoint_transposed_maps_need_no_discovery(geom: ConvGeometry, monkeypa
     check_own_table(got[1])
 
 
+@pytest.mark.parametrize("geom,owned", [
+    (ConvGeometry((3, 3, 3), (2, 2, 2), transposed=True), True),  # up to 8 lanes per output
+    (ConvGeometry((3, 3, 3), (2, 2, 2), (1, 1, 1), transposed=True), True),  # padded: some outputs outside
+    (ConvGeometry((4, 3, 2), (2, 3, 1), (1, 0, 0), (1, 1, 1), transposed=True), True),  # 2 x 1 x 2 per output
+    (ConvGeometry((3, 2, 3), (2, 2, 2), (0, 0, 0), (1, 2, 1), transposed=True), True),  # dilated onto a residue
+    (ConvGeometry((3, 3, 3), (1, 1, 1), (1, 1, 1), transposed=True), False),  # 27 per output: discovered
+    (ConvGeometry((3, 3, 3), (2, 2, 2), (0, 0, 0), (2, 2, 2), transposed=True), False),  # 27: discovered
+])
+def test_transposed_maps_with_few_lanes_per_output_are_owned(geom: ConvGeometry, owned: bool, monkeypatch) -> None:
+    """Few lanes per output: each lane finds its output's first lane in the input table (no output table, no
+    discovery); many: discovered. Both equal the PyTorch builder and the brute-force first-reach order."""
+    src = random_set(70, (5, 4, 6), 2)
+    out_shape = geom.output_shape(src.spatial_shape)
+    assert triton_maps.owned_lanes(geom) == owned
+    expected = build_kernel_map(src, geom, out_shape, kind="transposed", builder="torch")
+
+    def not_called(*args, **kwargs):
+        raise AssertionError("the other builder was called")
+    monkeypatch.setattr(triton_maps, "discover_map" if owned else "owned_map", not_called)
+    got = build_kernel_map(src, geom, out_shape, kind="transposed", builder="triton")
+    check_same(*expected, *got)
+    pairs = brute_force_pairs(src, geom, out_shape)
+    assert pairs_of(*got) == set(pairs) and len(pairs) > len(first_reach_order(pairs))  # outputs are shared
+    assert [tuple(c) for c in got[1].coords.tolist()] == first_reach_order(pairs)
+    assert (CACHE_KEY in got[1].cache) != owned
+    check_own_table(got[1])
+
+
+def test_owned_map_of_no_sites() -> None:
+    geom = ConvGeometry((3, 3, 3), (2, 2, 2), transposed=True)
+    src = shuffled_set(torch.zeros((0, 4), dtype=torch.int32), (5, 4, 6), 1)
+    nbr, count, out = triton_maps.owned_map(src, geom, geom.output_shape(src.spatial_shape))
+    assert nbr.shape == (0, 27) and out.num_points == 0 and int(count) == 0
+
+
 def test_disjoint_transposed_map_of_no_sites() -> None:
     geom = ConvGeometry((2, 2, 2), (2, 2, 2), transposed=True)
     src = shuffled_set(torch.zeros((0, 4), dtype=torch.int32), (5, 4, 6), 1)
@@ -413,15 +448,20 @@ def test_submanifold_build_never_syncs_and_strided_syncs_once() -> None:
         build_kernel_map(a, up, up.output_shape(a.spatial_shape), kind="transposed")  # every lane its own output
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    b = fresh(src)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            km2, out = build_kernel_map(b, down, out_shape)
-            km2.sorted_order, km2.reversed()
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-    syncs = [w for w in caught if "synchroniz" in str(w.message)]
-    assert len(syncs) == 1, [str(w.message) for w in syncs]
-    assert km.num_out == src.num_points and out.num_points == km2.num_out
+    up3 = ConvGeometry((3, 3, 3), (2, 2, 2), transposed=True)
+    for build in (lambda s: build_kernel_map(s, down, out_shape),  # discovered
+                  lambda s: build_kernel_map(s, up3, up3.output_shape(s.spatial_shape), kind="transposed")):  # owned
+        build(fresh(src))
+        b = fresh(src)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                km2, out = build(b)
+                km2.sorted_order, km2.reversed()
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        syncs = [w for w in caught if "synchroniz" in str(w.message)]
+        assert len(syncs) == 1, [str(w.message) for w in syncs]
+        assert out.num_points == km2.num_out
+    assert km.num_out == src.num_points

@@ -9,6 +9,11 @@ so outputs come out in the order of the first (input row, offset) reaching them,
 without sorting. The total is the one host read. The lanes then fill ``nbr`` input-driven (each lane is one
 pair; no lookups). That table belongs to the output set, for the next layer to query.
 
+A transposed conv that sends only a few lanes to each output (e.g. 3x3x3 stride 2: at most 8) skips the output
+table: the lanes reaching a lane's output are those of the same residue of the stride, so each lane looks their
+inputs up in the (much smaller) input table and learns the first of them, its output's owner; owners are
+numbered with the same scan.
+
 A transposed conv whose kernel positions fall in distinct residues of the stride (``d*(k-1) < s``, no padding,
 every output inside the grid; e.g. 2x2x2 stride 2) sends every lane to its own output: the outputs are the lanes
 in order and each row of ``nbr`` holds one pair, so that map needs no table, no count and no host read.
@@ -239,6 +244,83 @@ def _spread_kernel(coords_ptr, out_ptr, nbr_ptr, n, K0: tl.constexpr, K1: tl.con
 
 
 @fast_launch
+@triton.jit(do_not_specialize=["n_lanes", "shift", "hmask", "in0", "in1", "in2", "lim0", "lim1", "lim2"])
+def _owner_kernel(coords_ptr, n_lanes, slots_ptr, shift, hmask, owner_ptr, first_ptr, in0, in1, in2, lim0, lim1,
+                  lim2, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S0: tl.constexpr, S1: tl.constexpr,
+                  S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, P0: tl.constexpr,
+                  P1: tl.constexpr, P2: tl.constexpr, M0: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr,
+                  B0: tl.constexpr, B1: tl.constexpr, B2: tl.constexpr, BLOCK: tl.constexpr):
+    """``owner[lane]``: the smallest lane reaching the output of transposed lane ``(row, k)`` (``-1``: outside
+    the grid), and ``first[lane]`` = 1 where that is the lane itself.
+
+    The other lanes reaching ``x*S + t*D - P`` are ``(x + (t - u)*D/S, u)`` for the positions ``u`` in ``t``'s
+    residue modulo ``M``; their inputs are looked up in the input table, and the smallest row wins.
+    """
+    KV: tl.constexpr = K0 * K1 * K2
+    lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = lanes < n_lanes
+    row = lanes // KV
+    k = lanes % KV
+    t0 = k // (K1 * K2)
+    t1 = (k // K2) % K1
+    t2 = k % K2
+    src = coords_ptr + 4 * row.to(tl.int64)
+    b = tl.load(src, mask=live, other=0)
+    c0 = tl.load(src + 1, mask=live, other=0)
+    c1 = tl.load(src + 2, mask=live, other=0)
+    c2 = tl.load(src + 3, mask=live, other=0)
+    _, ok0 = _relate(c0, t0, S0, D0, P0, lim0, True)
+    _, ok1 = _relate(c1, t1, S1, D1, P1, lim1, True)
+    _, ok2 = _relate(c2, t2, S2, D2, P2, lim2, True)
+    valid = live & ok0 & ok1 & ok2
+    best = row
+    best_k = k
+    for c in tl.static_range(B0 * B1 * B2):
+        u0 = t0 % M0 + (c // (B1 * B2)) * M0
+        u1 = t1 % M1 + (c // B2 % B1) * M1
+        u2 = t2 % M2 + (c % B2) * M2
+        x0 = c0 + (t0 - u0) * D0 // S0  # exact: M divides t - u
+        x1 = c1 + (t1 - u1) * D1 // S1
+        x2 = c2 + (t2 - u2) * D2 // S2
+        other = valid & (u0 < K0) & (u1 < K1) & (u2 < K2) & ((u0 != t0) | (u1 != t1) | (u2 != t2)) & \
+            (x0 >= 0) & (x0 < in0) & (x1 >= 0) & (x1 < in1) & (x2 >= 0) & (x2 < in2)
+        r = find_keys(slots_ptr, pack_key(b, x0, x1, x2, in0, in1, in2), other, shift, hmask).to(tl.int32)
+        better = (r >= 0) & (r < best)
+        best = tl.where(better, r, best)
+        best_k = tl.where(better, (u0 * K1 + u1) * K2 + u2, best_k)
+    owner = tl.where(valid, best * KV + best_k, -1)
+    tl.store(owner_ptr + lanes, owner, mask=live)
+    tl.store(first_ptr + lanes, (owner == lanes).to(tl.int32), mask=live)
+
+
+@fast_launch
+@triton.jit(do_not_specialize=["n_lanes"])
+def _owned_fill_kernel(coords_ptr, owner_ptr, rank_ptr, nbr_ptr, out_ptr, count_ptr, n_lanes, K0: tl.constexpr,
+                       K1: tl.constexpr, K2: tl.constexpr, S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
+                       D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr,
+                       P2: tl.constexpr, BLOCK: tl.constexpr):
+    """``nbr[rank[owner] - 1, k] = row`` for every lane ``(row, k)`` inside the grid, the output coordinates
+    from its owner, and the pairs counted into ``count``."""
+    KV: tl.constexpr = K0 * K1 * K2
+    lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = lanes < n_lanes
+    owner = tl.load(owner_ptr + lanes, mask=live, other=-1)
+    hit = owner >= 0
+    out = tl.load(rank_ptr + owner, mask=hit, other=1).to(tl.int64) - 1
+    row = lanes // KV
+    k = lanes % KV
+    tl.store(nbr_ptr + out * KV + k, row, mask=hit)
+    first = hit & (owner == lanes)
+    src = coords_ptr + 4 * row.to(tl.int64)
+    dst = out_ptr + 4 * out
+    tl.store(dst, tl.load(src, mask=first, other=0), mask=first)
+    tl.store(dst + 1, tl.load(src + 1, mask=first, other=0) * S0 + k // (K1 * K2) * D0 - P0, mask=first)
+    tl.store(dst + 2, tl.load(src + 2, mask=first, other=0) * S1 + k // K2 % K1 * D1 - P1, mask=first)
+    tl.store(dst + 3, tl.load(src + 3, mask=first, other=0) * S2 + k % K2 * D2 - P2, mask=first)
+    tl.atomic_add(count_ptr, tl.sum(hit.to(tl.int64), axis=0))
+
+
+@fast_launch
 @triton.jit(do_not_specialize=["n"])
 def _row_mask_kernel(nbr_ptr, mask_ptr, n, KV: tl.constexpr, ROWS: tl.constexpr, KP: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -264,17 +346,21 @@ def _geometry_args(geom: ConvGeometry) -> dict[str, int]:
     return dict(K0=k0, K1=k1, K2=k2, S0=s0, S1=s1, S2=s2, D0=d0, D1=d1, D2=d2, P0=p0, P1=p1, P2=p2)
 
 
-def _reach_per_axis(geom: ConvGeometry) -> tuple[Triple, Triple]:
-    """Per axis, the residue period ``M`` of usable kernel positions and their most per input site ``B``.
-
-    Transposed: every position reaches an output (``M = 1``, ``B = k``). Regular: positions ``t`` with
-    ``s | x + p - t*d`` repeat every ``s / gcd(s, d)``, so at most ``ceil(k / M)`` of them per site.
-    """
-    if geom.transposed:
-        return (1, 1, 1), geom.kernel_size
+def _residues(geom: ConvGeometry) -> tuple[Triple, Triple]:
+    """Per axis, the period ``M = s / gcd(s, d)`` of the kernel positions that link one site on the divided
+    side (those ``t`` with ``s | x + p - t*d``: one residue modulo ``M``) and their most per site,
+    ``B = ceil(k / M)``."""
     period = tuple(s // math.gcd(s, d) for s, d in zip(geom.stride, geom.dilation))
     most = tuple(-(-k // m) for k, m in zip(geom.kernel_size, period))
     return period, most  # type: ignore[return-value]
+
+
+def _reach_per_axis(geom: ConvGeometry) -> tuple[Triple, Triple]:
+    """Per axis, the residue period ``M`` of usable kernel positions and their most per input site ``B``.
+
+    Transposed: every position reaches an output (``M = 1``, ``B = k``). Regular: :func:`_residues`.
+    """
+    return ((1, 1, 1), geom.kernel_size) if geom.transposed else _residues(geom)
 
 
 def discover_map(src: CoordSet, geom: ConvGeometry,
@@ -389,12 +475,63 @@ def spread_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[to
     return nbr, n * kv, CoordSet(out_coords, out_shape, src.batch_size)
 
 
+OWNED_MAX_CANDIDATES = 8  # most lanes sharing one output for which owned_map beats discovery (7 lookups)
+
+
+def owned_lanes(geom: ConvGeometry) -> bool:
+    """Whether transposed ``geom`` sends at most :data:`OWNED_MAX_CANDIDATES` lanes to one output (``ceil(k /
+    (s / gcd(s, d)))`` per axis, e.g. 8 for 3x3x3 stride 2), so that :func:`owned_map` applies."""
+    return geom.transposed and math.prod(_residues(geom)[1]) <= OWNED_MAX_CANDIDATES
+
+
+def owned_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[torch.Tensor, torch.Tensor, CoordSet]:
+    """``(nbr, pair count, output set)`` of an :func:`owned_lanes` geometry, the same as :func:`discover_map`'s,
+    without an output table: each lane finds the smallest lane reaching its output (its owner) by looking the
+    few other inputs reaching it up in the input set's table (built on first use; L2-sized where the output
+    table would not be), owners are numbered with a scan in lane order, and the lanes fill ``nbr``. The one
+    host read is the output count. The output set builds its own table when something queries it."""
+    require_runnable(src.device)
+    key_radix(out_shape, src.batch_size)  # the output set's keys must fit (ValueError past 2**62)
+    n, kv = src.num_points, geom.kernel_volume
+    lanes = n * kv
+    if lanes > _MAX_LANES:
+        raise ValueError(f"{n} input sites x {kv} offsets = {lanes} candidate outputs, more than the {_MAX_LANES} "
+                         "one map build supports; split the batch")
+    dev = src.device
+    count = torch.zeros(1, dtype=torch.int64, device=dev)
+    m = 0
+    if lanes:
+        table = coord_table(src)
+        period, most = _residues(geom)
+        owner = torch.empty(lanes, dtype=torch.int32, device=dev)
+        first = torch.empty(lanes, dtype=torch.int32, device=dev)
+        in_coords = src.coords.contiguous()
+        block = DISCOVER.lanes_on(dev)
+        geometry = _geometry_args(geom)
+        _owner_kernel[(cdiv(lanes, block),)](in_coords, lanes, table.slots, *table.probe_args, owner, first,
+                                             *src.spatial_shape, *out_shape, **geometry, M0=period[0],
+                                             M1=period[1], M2=period[2], B0=most[0], B1=most[1], B2=most[2],
+                                             BLOCK=block, num_warps=DISCOVER.warps)
+        rank = torch.cumsum(first, 0, dtype=torch.int32)
+        m = int(rank[-1])  # the one host read
+    coords = torch.empty((m, 4), dtype=torch.int32, device=dev)
+    nbr = torch.full((m, kv), -1, dtype=torch.int32, device=dev)
+    if m:
+        block = ROWS.lanes_on(dev)
+        _owned_fill_kernel[(cdiv(lanes, block),)](in_coords, owner, rank, nbr, coords, count, lanes, **geometry,
+                                                  BLOCK=block, num_warps=ROWS.warps)
+    return nbr, count, CoordSet(coords, out_shape, src.batch_size)
+
+
 def build_kernel_map_triton(src: CoordSet, geom: ConvGeometry, out_shape: Triple, out: CoordSet | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | int, CoordSet]:
     """``(nbr, row masks, pair count, output set)``: the output sites are ``out`` or, when ``None``, discovered
     (then the row masks are ``None``: the map computes them if something needs them)."""
     if out is None:
-        build = spread_map if disjoint_lanes(geom, src.spatial_shape, out_shape) else discover_map
+        if disjoint_lanes(geom, src.spatial_shape, out_shape):
+            build = spread_map
+        else:
+            build = owned_map if owned_lanes(geom) else discover_map
         nbr, count, out = build(src, geom, out_shape)
         return nbr, None, count, out
     nbr, mask, count = fill_map(src, geom, out_shape, out)
