@@ -18,6 +18,18 @@ from oracle import fresh_seed, random_coords  # noqa: F401  (fresh_seed: autouse
 from test_triton_conv import DEV, coord_set, make_map
 
 
+def block_reads(lay, b: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a kernel reads for row block ``b``: the weight offsets it multiplies and its rows' sources through
+    each ([count, rows of the block]), taken from the layout's table as the kernels take them."""
+    n = lay.table.shape[0]
+    rows = torch.arange(b * block_m, min((b + 1) * block_m, n), device=lay.table.device)
+    if lay.order is not None:
+        rows = lay.order.long()[rows]
+    cols = lay.active[b, :int(lay.count[b])].long()
+    offsets = cols if lay.flip == 0 else lay.table.shape[1] - 1 - cols
+    return offsets, lay.table[rows][:, cols].t()
+
+
 def _random_table(n_out: int, n_in: int, kvol: int, density: float) -> torch.Tensor:
     nbr = torch.randint(0, max(n_in, 1), (n_out, kvol), dtype=torch.int32)
     return nbr.masked_fill(torch.rand(n_out, kvol) > density, -1).to(DEV)
@@ -66,11 +78,9 @@ def test_block_offsets_match_direct_layout(variant, sort, block_m):
         want = torch.nonzero((rows >= 0).any(dim=0)).flatten()
         count = int(lay.count[b])
         assert count == want.numel(), f"block {b}: {count} offsets, expected {want.numel()}"
-        assert torch.equal(lay.active[b, :count].long(), want)
-        got = lay.sources[b, :count, :rows.shape[0]]
-        assert torch.equal(got, rows[:, want].t()), f"block {b}: sources differ"
-        if count:
-            assert bool((lay.sources[b, :count, rows.shape[0]:] == -1).all()), "padding rows must have no source"
+        offsets, sources = block_reads(lay, b, block_m)
+        assert lay.flip == 0 and torch.equal(offsets, want)
+        assert torch.equal(sources, rows[:, want].t()), f"block {b}: sources differ"
 
 
 @pytest.mark.parametrize("kvol", [1, 8, 27, 125])
@@ -82,8 +92,8 @@ def test_block_offsets_random_tables(kvol):
     for b in range(-(-150 // 32)):
         rows = nbr[b * 32:(b + 1) * 32]
         want = torch.nonzero((rows >= 0).any(dim=0)).flatten()
-        assert int(lay.count[b]) == want.numel()
-        assert torch.equal(lay.sources[b, :want.numel(), :rows.shape[0]], rows[:, want].t())
+        offsets, sources = block_reads(lay, b, 32)
+        assert torch.equal(offsets, want) and torch.equal(sources, rows[:, want].t())
 
 
 def test_mirror_of_symmetric_map_shares_row_groups():
@@ -139,14 +149,14 @@ def test_max_pool_kernel_row_without_inputs():
 
 @pytest.mark.parametrize("sort", [False, True])
 def test_reverse_of_symmetric_map_mirrors_the_source_layout(sort):
-    """The reverse of a subm map takes its source's blocks with offsets mirrored; it equals the direct layout
-    offset for offset (listed in decreasing order)."""
+    """The reverse of a subm map reads its source's table and blocks with offsets mirrored; it equals the direct
+    layout offset for offset (listed in decreasing order)."""
     src = coord_set(random_coords(250, (9, 9, 9), 2))
     kmap, _ = build_kernel_map(src, submanifold_geometry((3, 3, 3), (1, 1, 1)), src.spatial_shape, src, "subm")
     fwd = block_offsets(kmap, sort, 32)
     rev_map = kmap.reversed()
     rev = block_offsets(rev_map, sort, 32)
-    assert rev.sources is fwd.sources and rev.count is fwd.count
+    assert rev.table is fwd.table and rev.count is fwd.count and rev.active is fwd.active and rev.flip == 1
     assert "nbr" not in vars(rev_map), "the mirrored layout must not materialize the reverse table"
     assert (rev_map.num_out, rev_map.num_in, rev_map.num_pairs) == (kmap.num_in, kmap.num_out, kmap.num_pairs)
     o, k = (kmap.nbr >= 0).nonzero(as_tuple=True)
@@ -157,7 +167,6 @@ def test_reverse_of_symmetric_map_mirrors_the_source_layout(sort):
     table = rev_map.nbr[order]
     for b in range(-(-rev_map.num_out // 32)):
         rows = table[b * 32:(b + 1) * 32]
-        count = int(rev.count[b])
-        active = rev.active[b, :count].long()
-        assert torch.equal(active.sort().values, torch.nonzero((rows >= 0).any(dim=0)).flatten())
-        assert torch.equal(rev.sources[b, :count, :rows.shape[0]], rows[:, active].t())
+        offsets, sources = block_reads(rev, b, 32)
+        assert torch.equal(offsets.sort().values, torch.nonzero((rows >= 0).any(dim=0)).flatten())
+        assert torch.equal(sources, rows[:, offsets].t())

@@ -132,9 +132,9 @@ def check_same(km_t: KernelMap, out_t: CoordSet, km_x: KernelMap, out_x: CoordSe
 
 
 def check_own_table(out: CoordSet) -> None:
-    """A discovered output set carries its table (one made without a table builds it on first use): its sites
-    map to their rows."""
-    table = out.cache[CACHE_KEY] if CACHE_KEY in out.cache else triton_hash.coord_table(out)
+    """A discovered output set has no table until queried; the one it then builds maps its sites to their rows."""
+    assert CACHE_KEY not in out.cache
+    table = triton_hash.coord_table(out)
     rows = table.lookup(pack(out.coords, key_radix(out.spatial_shape, out.batch_size)))
     assert torch.equal(rows.cpu(), torch.arange(out.num_points))
 
@@ -194,7 +194,6 @@ def test_disjoint_transposed_maps_need_no_discovery(geom: ConvGeometry, monkeypa
     pairs = brute_force_pairs(src, geom, out_shape)
     assert pairs_of(*got) == set(pairs) and len(pairs) == src.num_points * geom.kernel_volume
     assert [tuple(c) for c in got[1].coords.tolist()] == first_reach_order(pairs)
-    assert CACHE_KEY not in got[1].cache
     assert type(got[0]._pair_count) is int  # known on the host: num_pairs reads nothing back
     check_own_table(got[1])
 
@@ -223,7 +222,6 @@ def test_transposed_maps_with_few_lanes_per_output_are_owned(geom: ConvGeometry,
     pairs = brute_force_pairs(src, geom, out_shape)
     assert pairs_of(*got) == set(pairs) and len(pairs) > len(first_reach_order(pairs))  # outputs are shared
     assert [tuple(c) for c in got[1].coords.tolist()] == first_reach_order(pairs)
-    assert (CACHE_KEY in got[1].cache) != owned
     check_own_table(got[1])
 
 
@@ -312,10 +310,15 @@ def test_tables_are_built_once_and_reused() -> None:
     out_shape = geom.output_shape(src.spatial_shape)
     _, down = build_kernel_map(src, geom, out_shape, builder="triton")
     assert src.cache[CACHE_KEY] is table  # the strided map queried the same table
-    down_table = down.cache[CACHE_KEY]
+    assert CACHE_KEY not in down.cache  # discovery's lane table is dropped
     km_x, _ = build_kernel_map(down, submanifold_geometry((3, 3, 3), (1, 1, 1)), out_shape, down, "subm",
                                builder="triton")
-    assert down.cache[CACHE_KEY] is down_table  # the next layer reused the table the strided build made
+    down_table = down.cache[CACHE_KEY]
+    assert down_table.packed and down_table.reserved == down.num_points  # sized for the outputs, not the lanes
+    build_kernel_map(down, submanifold_geometry((3, 3, 3), (1, 1, 1)), out_shape, down, "subm", builder="triton")
+    up = ConvGeometry((2, 2, 2), (2, 2, 2), transposed=True)
+    build_kernel_map(down, up, src.spatial_shape, src, "inverse", builder="triton")
+    assert down.cache[CACHE_KEY] is down_table and src.cache[CACHE_KEY] is table  # built once, then reused
     km_t, _ = build_kernel_map(down, submanifold_geometry((3, 3, 3), (1, 1, 1)), out_shape, down, "subm",
                                builder="torch")
     assert torch.equal(km_x.nbr, km_t.nbr)

@@ -74,12 +74,17 @@ def exercise() -> None:
     triton_hash.coord_table(CoordSet(coords, (8, 8, 8), 2), repeats=torch.zeros(1, dtype=torch.int32))
     table.lookup(torch.arange(4))
     triton_hash.HashTable.allocate(16, "cpu").insert(torch.arange(4))
+    triton_hash.HashTable.allocate(16, "cpu", packed=True).insert(torch.arange(4))
     triton_maps.fill_map(src, subm, src.spatial_shape, src)
+    huge = CoordSet(coords, (1 << 20, 1 << 20, 1 << 20), 2)  # keys past 2**31: an unpacked table
+    triton_maps.fill_map(huge, subm, huge.spatial_shape, huge)
     # recorded launches leave the output numbering unwritten: number every lane so that the fill launches too
     cumsum = torch.cumsum
     torch.cumsum = lambda t, dim, dtype=None: torch.arange(1, t.numel() + 1, dtype=dtype)
     try:
         triton_maps.discover_map(src, down, down.output_shape(src.spatial_shape))
+        up3 = ConvGeometry((3, 3, 3), (2, 2, 2), transposed=True)
+        triton_maps.owned_map(src, up3, up3.output_shape(src.spatial_shape))
     finally:
         torch.cumsum = cumsum
     up = ConvGeometry((2, 2, 2), (2, 2, 2), transposed=True)

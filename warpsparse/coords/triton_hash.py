@@ -2,9 +2,11 @@
 
 Slots are ``[capacity, 2]`` int64 rows ``(key, value)``; a free slot holds the key :data:`EMPTY`. Keys are
 non-negative (coordinates packed by :func:`warpsparse.coords.keys.pack`, batch-major mixed radix over the real
-grid, so the only limit is batch x grid <= 2**62). A key's home slot is the top ``log2(capacity)`` bits of
-``key * 0x9E3779B97F4A7C15`` (Fibonacci hashing); capacity is a power of two and the load never exceeds
-:data:`MAX_LOAD`, so every probe sequence meets a free slot.
+grid, so the only limit is batch x grid <= 2**62). A *packed* table, for keys below ``2**31`` and values below
+``2**32`` (every coordinate set of batch x grid <= 2**31 sites), holds each entry in one int64 word ``key << 32 |
+value``: half the bytes, one compare-and-swap per insert and one load per probe. A key's home slot is the top
+``log2(capacity)`` bits of ``key * 0x9E3779B97F4A7C15`` (Fibonacci hashing); capacity is a power of two and the
+load never exceeds :data:`MAX_LOAD`, so every probe sequence meets a free slot.
 
 The jitted helpers (:func:`pack_key`, :func:`insert_keys`, :func:`find_keys`) are shared with the kernel-map
 kernels of :mod:`warpsparse.coords.triton_maps`.
@@ -23,7 +25,8 @@ from warpsparse.triton_launch import cdiv, fast_launch
 
 EMPTY = -1
 MAX_LOAD = 0.5
-COORD_LOAD = 0.125  # coordinate tables are queried K times per site: short probes are worth 128-256 B a site
+COORD_LOAD = 0.125  # coordinate tables are queried K times per site: short probes are worth 64-128 B a site
+PACKED_KEYS = 2**31  # keys of a packed table stay below this
 MIN_CAPACITY = 16
 HASH_MULTIPLIER = 0x9E3779B97F4A7C15
 CACHE_KEY = "hash"
@@ -62,13 +65,33 @@ def insert_keys(slots_ptr, key, todo, shift, hmask):
 
 
 @triton.jit
-def find_keys(slots_ptr, key, todo, shift, hmask):
+def insert_packed(slots_ptr, key, value, todo, shift, hmask):
+    """Insert ``key`` with ``value`` into a packed table where ``todo``; whether this lane placed the key."""
+    slot = home_slot(key, shift)
+    word = (key << 32) | value.to(tl.int64)
+    placed = tl.zeros_like(todo)
+    while tl.max(todo.to(tl.int32)) > 0:
+        prev = tl.atomic_cas(slots_ptr + slot, tl.where(todo, _EMPTY, _NEVER).to(tl.int64),
+                             tl.where(todo, word, _NEVER).to(tl.int64), sem="relaxed")
+        placed = placed | (todo & (prev == _EMPTY))
+        todo = todo & (prev != _EMPTY) & ((prev >> 32) != key)
+        slot = tl.where(todo, (slot + 1) & hmask, slot)
+    return placed
+
+
+@triton.jit
+def find_keys(slots_ptr, key, todo, shift, hmask, PACKED: tl.constexpr):
     """The value stored under ``key`` where ``todo`` (int64, ``-1`` when absent or not asked)."""
     slot = home_slot(key, shift)
     value = tl.zeros_like(key) - 1
     while tl.max(todo.to(tl.int32)) > 0:
-        stored = tl.load(slots_ptr + 2 * slot, mask=todo, other=_EMPTY)
-        stored_value = tl.load(slots_ptr + 2 * slot + 1, mask=todo, other=-1)  # with the key: one round trip
+        if PACKED:
+            word = tl.load(slots_ptr + slot, mask=todo, other=_EMPTY)
+            stored = word >> 32  # EMPTY (-1) shifts to itself
+            stored_value = word - (stored << 32)
+        else:
+            stored = tl.load(slots_ptr + 2 * slot, mask=todo, other=_EMPTY)
+            stored_value = tl.load(slots_ptr + 2 * slot + 1, mask=todo, other=-1)  # with the key: one round trip
         hit = todo & (stored == key)
         value = tl.where(hit, stored_value, value)
         todo = todo & (stored != key) & (stored != _EMPTY)
@@ -79,7 +102,7 @@ def find_keys(slots_ptr, key, todo, shift, hmask):
 @fast_launch
 @triton.jit(do_not_specialize=["n", "shift", "hmask", "s0", "s1", "s2"])
 def _insert_kernel(slots_ptr, src_ptr, repeats_ptr, n, shift, hmask, s0, s1, s2, FROM_COORDS: tl.constexpr,
-                   COUNT: tl.constexpr, BLOCK: tl.constexpr):
+                   COUNT: tl.constexpr, PACKED: tl.constexpr, BLOCK: tl.constexpr):
     """Insert row ``r`` of ``src`` (keys, or [N, 4] coordinates packed with radix ``s``) with value ``r``;
     with ``COUNT``, add the rows whose key another row placed to ``repeats``."""
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -92,19 +115,22 @@ def _insert_kernel(slots_ptr, src_ptr, repeats_ptr, n, shift, hmask, s0, s1, s2,
         key = pack_key(b, x0, x1, x2, s0, s1, s2)
     else:
         key = tl.load(src_ptr + rows, mask=live, other=0)
-    slot, placed = insert_keys(slots_ptr, key, live, shift, hmask)
-    tl.store(slots_ptr + 2 * slot + 1, rows.to(tl.int64), mask=placed)
+    if PACKED:
+        placed = insert_packed(slots_ptr, key, rows, live, shift, hmask)
+    else:
+        slot, placed = insert_keys(slots_ptr, key, live, shift, hmask)
+        tl.store(slots_ptr + 2 * slot + 1, rows.to(tl.int64), mask=placed)
     if COUNT:
         tl.atomic_add(repeats_ptr, tl.sum((live & ~placed).to(tl.int32), axis=0))
 
 
 @fast_launch
 @triton.jit(do_not_specialize=["n", "shift", "hmask"])
-def _lookup_kernel(slots_ptr, keys_ptr, out_ptr, n, shift, hmask, BLOCK: tl.constexpr):
+def _lookup_kernel(slots_ptr, keys_ptr, out_ptr, n, shift, hmask, PACKED: tl.constexpr, BLOCK: tl.constexpr):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = rows < n
     key = tl.load(keys_ptr + rows, mask=live, other=0)
-    tl.store(out_ptr + rows, find_keys(slots_ptr, key, live, shift, hmask), mask=live)
+    tl.store(out_ptr + rows, find_keys(slots_ptr, key, live, shift, hmask, PACKED), mask=live)
 
 
 def table_capacity(num_keys: int, max_load: float = MAX_LOAD) -> int:
@@ -134,7 +160,7 @@ class Launch:
         return self.lanes if device.type == "cuda" else max(self.lanes, INTERPRETER_LANES)
 
 
-INSERT = Launch(256, 4)  # table inserts and lookups
+INSERT = Launch(128, 4)  # table inserts and lookups (`python bench/maps.py --sweep` on an H100)
 
 
 def require_runnable(device: torch.device) -> None:
@@ -151,8 +177,9 @@ def require_runnable(device: torch.device) -> None:
 class HashTable:
     """An open-addressing table of non-negative int64 keys to int64 values on one device.
 
-    ``slots`` is ``[capacity, 2]`` int64 (key, value); ``reserved`` is the host-side upper bound on keys that
-    may have been inserted, which keeps the load <= :data:`MAX_LOAD` without reading the device.
+    ``slots`` is ``[capacity, 2]`` int64 (key, value), or ``[capacity]`` int64 words ``key << 32 | value`` in a
+    packed table (:attr:`packed`: keys below :data:`PACKED_KEYS`); ``reserved`` is the host-side upper bound on
+    keys that may have been inserted, which keeps the load <= :data:`MAX_LOAD` without reading the device.
     """
 
     slots: torch.Tensor
@@ -160,21 +187,29 @@ class HashTable:
 
     def __post_init__(self) -> None:
         require_runnable(self.slots.device)
-        cap = self.slots.shape[0] if self.slots.dim() == 2 else 0
-        if (self.slots.dtype != torch.int64 or self.slots.dim() != 2 or self.slots.shape[1] != 2
-                or cap < MIN_CAPACITY or cap & (cap - 1)):
-            raise ValueError(f"slots must be an int64 [capacity, 2] tensor with a power-of-two capacity >= "
-                             f"{MIN_CAPACITY}, got {self.slots.dtype} {tuple(self.slots.shape)}")
+        cap = self.slots.shape[0] if self.slots.dim() in (1, 2) else 0
+        if (self.slots.dtype != torch.int64 or self.slots.dim() not in (1, 2) or self.slots.shape[1:] not in
+                ((), (2,)) or cap < MIN_CAPACITY or cap & (cap - 1)):
+            raise ValueError(f"slots must be an int64 [capacity, 2] (or packed: [capacity]) tensor with a "
+                             f"power-of-two capacity >= {MIN_CAPACITY}, got {self.slots.dtype} "
+                             f"{tuple(self.slots.shape)}")
 
     @classmethod
-    def allocate(cls, max_keys: int, device: torch.device | str, max_load: float = MAX_LOAD) -> "HashTable":
-        """An empty table sized for ``max_keys`` keys at load <= ``max_load``."""
+    def allocate(cls, max_keys: int, device: torch.device | str, max_load: float = MAX_LOAD,
+                 packed: bool = False) -> "HashTable":
+        """An empty table sized for ``max_keys`` keys at load <= ``max_load`` (``packed``: keys below
+        :data:`PACKED_KEYS`, in one word per slot)."""
         cap = table_capacity(max_keys, max_load)
-        return cls(torch.full((cap, 2), EMPTY, dtype=torch.int64, device=device))
+        return cls(torch.full((cap,) if packed else (cap, 2), EMPTY, dtype=torch.int64, device=device))
 
     @property
     def capacity(self) -> int:
         return self.slots.shape[0]
+
+    @property
+    def packed(self) -> bool:
+        """Whether each slot is one word ``key << 32 | value`` (the jitted helpers' ``PACKED``)."""
+        return self.slots.dim() == 1
 
     @property
     def probe_args(self) -> tuple[int, int]:
@@ -193,12 +228,15 @@ class HashTable:
         _check_keys(keys, self.slots.device)
         if keys.numel() and bool((keys < 0).any()):
             raise ValueError("keys must be non-negative (negative values are reserved for free slots)")
+        if self.packed and keys.numel() and bool((keys >= PACKED_KEYS).any()):
+            raise ValueError(f"keys of a packed table must be below 2**31 (got {int(keys.max())}); allocate an "
+                             "unpacked table")
         self.reserve(keys.numel())
         if keys.numel():
             block = INSERT.lanes_on(keys.device)
             _insert_kernel[(cdiv(keys.numel(), block),)](self.slots, keys.contiguous(), self.slots, keys.numel(),
                                                          *self.probe_args, 1, 1, 1, FROM_COORDS=False, COUNT=False,
-                                                         BLOCK=block, num_warps=INSERT.warps)
+                                                         PACKED=self.packed, BLOCK=block, num_warps=INSERT.warps)
 
     def lookup(self, keys: torch.Tensor) -> torch.Tensor:
         """Values stored under ``keys`` (int64, same shape), ``-1`` where a key is absent."""
@@ -207,7 +245,8 @@ class HashTable:
         if keys.numel():
             block = INSERT.lanes_on(keys.device)
             _lookup_kernel[(cdiv(keys.numel(), block),)](self.slots, keys.contiguous(), out, keys.numel(),
-                                                         *self.probe_args, BLOCK=block, num_warps=INSERT.warps)
+                                                         *self.probe_args, PACKED=self.packed, BLOCK=block,
+                                                         num_warps=INSERT.warps)
         return out
 
 
@@ -221,21 +260,22 @@ def _check_keys(keys: torch.Tensor, device: torch.device) -> None:
 def coord_table(coord_set: CoordSet, repeats: torch.Tensor | None = None) -> HashTable:
     """The table of ``coord_set``'s sites (key -> row), built on first use and kept in ``coord_set.cache``.
 
-    Keys are packed with the set's own radix (``spatial_shape``, ``batch_size``); no device sync. When the
-    table is built here and ``repeats`` (an int32 device counter) is given, the rows whose site another row
-    placed are added to it.
+    Keys are packed with the set's own radix (``spatial_shape``, ``batch_size``); the table is packed when every
+    key of that radix is below :data:`PACKED_KEYS`. No device sync. When the table is built here and
+    ``repeats`` (an int32 device counter) is given, the rows whose site another row placed are added to it.
     """
     table = coord_set.cache.get(CACHE_KEY)
     if table is None:
         s0, s1, s2 = key_radix(coord_set.spatial_shape, coord_set.batch_size)
         n = coord_set.num_points
-        table = HashTable.allocate(n, coord_set.device, COORD_LOAD)
+        table = HashTable.allocate(n, coord_set.device, COORD_LOAD,
+                                   packed=coord_set.batch_size * s0 * s1 * s2 <= PACKED_KEYS)
         table.reserve(n)
         if n:
             block = INSERT.lanes_on(coord_set.device)
             _insert_kernel[(cdiv(n, block),)](table.slots, coord_set.coords.contiguous(),
                                               table.slots if repeats is None else repeats, n, *table.probe_args,
                                               s0, s1, s2, FROM_COORDS=True, COUNT=repeats is not None,
-                                              BLOCK=block, num_warps=INSERT.warps)
+                                              PACKED=table.packed, BLOCK=block, num_warps=INSERT.warps)
         coord_set.cache[CACHE_KEY] = table
     return table

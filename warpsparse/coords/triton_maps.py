@@ -7,7 +7,8 @@ output inserts the output's key into a fresh table (deduplicating) and records i
 lane of that key; the lanes that are first for their key are counted with a scan and numbered in lane order,
 so outputs come out in the order of the first (input row, offset) reaching them, like the PyTorch builder's,
 without sorting. The total is the one host read. The lanes then fill ``nbr`` input-driven (each lane is one
-pair; no lookups). That table belongs to the output set, for the next layer to query.
+pair; no lookups). That table is then dropped: it is sized for every lane, and its slots hold lane numbers;
+the output set builds its own (packed, smaller) coordinate table when the next layer queries it.
 
 A transposed conv that sends only a few lanes to each output (e.g. 3x3x3 stride 2: at most 8) skips the output
 table: the lanes reaching a lane's output are those of the same residue of the stride, so each lane looks their
@@ -36,12 +37,12 @@ import triton.language as tl
 from warpsparse.coords.coord_set import CoordSet
 from warpsparse.coords.geometry import ConvGeometry, Triple
 from warpsparse.coords.keys import key_radix
-from warpsparse.coords.triton_hash import (CACHE_KEY, HashTable, Launch, coord_table, find_keys, insert_keys,
+from warpsparse.coords.triton_hash import (HashTable, Launch, coord_table, find_keys, insert_keys,
                                            pack_key, require_runnable)
 from warpsparse.triton_launch import cdiv, fast_launch, pow2_at_least
 
-MAP = Launch(512, 4)  # lanes = output rows x padded offsets per program of the map and row-mask kernels
-DISCOVER = Launch(256, 4)  # (input, kernel position) lanes per program of the output discovery
+MAP = Launch(256, 2)  # lanes = output rows x padded offsets per program of the map and row-mask kernels
+DISCOVER = Launch(128, 4)  # (input, kernel position) lanes per program of the output discovery and ownership
 ROWS = Launch(1024, 4)  # plain per-element kernels: numbering outputs, reversing maps
 _MAX_LANES = 2**31 - 2**15  # lane indices of the last program (at most 2**14 lanes each) stay int32
 
@@ -98,7 +99,7 @@ def _map_kernel(nbr_ptr, mask_ptr, count_ptr, out_ptr, n_out, slots_ptr, shift, 
                 lim0, lim1, lim2, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
                 S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
                 D2: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, MULTIPLY: tl.constexpr,
-                ROWS: tl.constexpr, KP: tl.constexpr):
+                PACKED: tl.constexpr, ROWS: tl.constexpr, KP: tl.constexpr):
     """``nbr[o, k]`` = the input row at the position output ``o`` reads through offset ``k``, row masks, and the
     pairs counted into ``count``."""
     KV: tl.constexpr = K0 * K1 * K2
@@ -114,7 +115,7 @@ def _map_kernel(nbr_ptr, mask_ptr, count_ptr, out_ptr, n_out, slots_ptr, shift, 
     x1, ok1 = _relate(o1[:, None], ((k // K2) % K1)[None, :], S1, D1, P1, in1, MULTIPLY)
     x2, ok2 = _relate(o2[:, None], (k % K2)[None, :], S2, D2, P2, in2, MULTIPLY)
     valid = inside[:, None] & (k < KV)[None, :] & ok0 & ok1 & ok2
-    src = find_keys(slots_ptr, pack_key(b[:, None], x0, x1, x2, in0, in1, in2), valid, shift, hmask)
+    src = find_keys(slots_ptr, pack_key(b[:, None], x0, x1, x2, in0, in1, in2), valid, shift, hmask, PACKED)
     dst = rows.to(tl.int64)[:, None] * KV + k[None, :]
     tl.store(nbr_ptr + dst, src.to(tl.int32), mask=live[:, None] & (k < KV)[None, :])
     tl.store(mask_ptr + rows, _row_bits(src >= 0, k, KV), mask=live)
@@ -249,7 +250,7 @@ def _owner_kernel(coords_ptr, n_lanes, slots_ptr, shift, hmask, owner_ptr, first
                   lim2, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S0: tl.constexpr, S1: tl.constexpr,
                   S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, P0: tl.constexpr,
                   P1: tl.constexpr, P2: tl.constexpr, M0: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr,
-                  B0: tl.constexpr, B1: tl.constexpr, B2: tl.constexpr, BLOCK: tl.constexpr):
+                  B0: tl.constexpr, B1: tl.constexpr, B2: tl.constexpr, PACKED: tl.constexpr, BLOCK: tl.constexpr):
     """``owner[lane]``: the smallest lane reaching the output of transposed lane ``(row, k)`` (``-1``: outside
     the grid), and ``first[lane]`` = 1 where that is the lane itself.
 
@@ -284,7 +285,8 @@ def _owner_kernel(coords_ptr, n_lanes, slots_ptr, shift, hmask, owner_ptr, first
         x2 = c2 + (t2 - u2) * D2 // S2
         other = valid & (u0 < K0) & (u1 < K1) & (u2 < K2) & ((u0 != t0) | (u1 != t1) | (u2 != t2)) & \
             (x0 >= 0) & (x0 < in0) & (x1 >= 0) & (x1 < in1) & (x2 >= 0) & (x2 < in2)
-        r = find_keys(slots_ptr, pack_key(b, x0, x1, x2, in0, in1, in2), other, shift, hmask).to(tl.int32)
+        r = find_keys(slots_ptr, pack_key(b, x0, x1, x2, in0, in1, in2), other, shift, hmask, PACKED)
+        r = r.to(tl.int32)
         better = (r >= 0) & (r < best)
         best = tl.where(better, r, best)
         best_k = tl.where(better, (u0 * K1 + u1) * K2 + u2, best_k)
@@ -366,8 +368,7 @@ def _reach_per_axis(geom: ConvGeometry) -> tuple[Triple, Triple]:
 def discover_map(src: CoordSet, geom: ConvGeometry,
                  out_shape: Triple) -> tuple[torch.Tensor, torch.Tensor, CoordSet]:
     """``(nbr, pair count, output set)`` of ``geom`` from ``src`` to every output site of ``out_shape`` some
-    input reaches, the sites in the order of the first (input row, offset) reaching each; the output set
-    keeps the table that numbered them.
+    input reaches, the sites in the order of the first (input row, offset) reaching each.
 
     Lanes are (input row, usable kernel position) in increasing order of both, so lane order is (row, offset)
     order. The one host read is the output count, after the outputs are numbered; the lanes then fill ``nbr``.
@@ -410,9 +411,7 @@ def discover_map(src: CoordSet, geom: ConvGeometry,
         _fill_lanes_kernel[grid](in_coords, lane_slot, table.slots, nbr, count, lanes, **reach, BLOCK=block,
                                  num_warps=ROWS.warps)
     coords = coords[:m] if 2 * m >= bound else coords[:m].clone()  # do not keep a mostly unused buffer alive
-    out = CoordSet(coords, out_shape, src.batch_size)
-    out.cache[CACHE_KEY] = table
-    return nbr, count, out
+    return nbr, count, CoordSet(coords, out_shape, src.batch_size)
 
 
 def _map_rows(kv: int, device: torch.device) -> tuple[int, int]:
@@ -441,7 +440,7 @@ def fill_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple,
         kp, rows = _map_rows(kv, src.device)
         _map_kernel[(cdiv(n_out, rows),)](
             nbr, mask, count, out.coords.contiguous(), n_out, table.slots, *table.probe_args, *src.spatial_shape,
-            *out_shape, **_geometry_args(geom), MULTIPLY=not geom.transposed, ROWS=rows, KP=kp,
+            *out_shape, **_geometry_args(geom), MULTIPLY=not geom.transposed, PACKED=table.packed, ROWS=rows, KP=kp,
             num_warps=MAP.warps)
     return nbr, mask, count
 
@@ -511,7 +510,7 @@ def owned_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[tor
         _owner_kernel[(cdiv(lanes, block),)](in_coords, lanes, table.slots, *table.probe_args, owner, first,
                                              *src.spatial_shape, *out_shape, **geometry, M0=period[0],
                                              M1=period[1], M2=period[2], B0=most[0], B1=most[1], B2=most[2],
-                                             BLOCK=block, num_warps=DISCOVER.warps)
+                                             PACKED=table.packed, BLOCK=block, num_warps=DISCOVER.warps)
         rank = torch.cumsum(first, 0, dtype=torch.int32)
         m = int(rank[-1])  # the one host read
     coords = torch.empty((m, 4), dtype=torch.int32, device=dev)

@@ -29,6 +29,14 @@ def mac(acc, a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.co
 
 
 @triton.jit
+def table_row_starts(rows, row_ok, order_ptr, kvol, SORTED: tl.constexpr):
+    """Where result rows ``rows`` start in the [N, kvol] table (through ``order`` when mask-sorted)."""
+    if SORTED:
+        rows = tl.load(order_ptr + rows, mask=row_ok, other=0)
+    return rows.to(tl.int64) * kvol
+
+
+@triton.jit
 def store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, SORTED: tl.constexpr):
     """Store ``acc`` into result rows ``rows`` (through ``order`` when the table rows are mask-sorted)."""
     if SORTED:
@@ -42,17 +50,17 @@ def store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, SORT
 @fast_launch(precompilable=True)
 @triton.jit(do_not_specialize=["n_rows"])
 def propagate_gather_kernel(
-        x_ptr, w_ptr, y_ptr, sources_ptr, order_ptr, count_ptr, active_ptr,
-        n_rows, c_red, c_n, kvol, stride_x, stride_wk, stride_wr, stride_wn, stride_y,
+        x_ptr, w_ptr, y_ptr, nbr_ptr, order_ptr, count_ptr, active_ptr,
+        n_rows, c_red, c_n, kvol, flip, stride_x, stride_wk, stride_wr, stride_wn, stride_y,
         SORTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """``y[o] = sum_k x[nbr[o, k]] @ w[k]`` looping over the offsets the row block uses (their source rows
-    laid out per block), ``BLOCK_K`` channels at a time."""
+    """``y[o] = sum_k x[nbr[o, k]] @ w[k]`` looping over the offsets the row block uses (see
+    :class:`~warpsparse.algorithms.triton.layouts.BlockOffsets`), ``BLOCK_K`` channels at a time."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    lanes = tl.arange(0, BLOCK_M)
-    rows = pid_m * BLOCK_M + lanes
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
+    table_rows = table_row_starts(rows, row_ok, order_ptr, kvol, SORTED)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < c_n
     ck = tl.arange(0, BLOCK_K)
@@ -64,8 +72,9 @@ def propagate_gather_kernel(
         j = step // chunks
         c = (step - j * chunks) * BLOCK_K + ck
         c_ok = c < c_red
-        k = tl.load(active_ptr + block + j)
-        src = tl.load(sources_ptr + (block + j) * BLOCK_M + lanes)
+        col = tl.load(active_ptr + block + j)
+        k = col + flip * (kvol - 1 - 2 * col)
+        src = tl.load(nbr_ptr + table_rows + col, mask=row_ok, other=-1)
         a = tl.load(x_ptr + src.to(tl.int64)[:, None] * stride_x + c[None, :],
                     mask=(src >= 0)[:, None] & c_ok[None, :], other=0.0)
         b = tl.load(w_ptr + k * stride_wk + c[:, None] * stride_wr + cols[None, :] * stride_wn,

@@ -51,8 +51,8 @@ def propagate(src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, params: 
     lay = block_offsets(kmap, params["sorted"], block_m)
     grid = (cdiv(n_rows, block_m), cdiv(c, block_c))
     order = lay.order if lay.order is not None else lay.count
-    K.dw_propagate_kernel[grid](src, weight, y, lay.sources, order, lay.count, lay.active, n_rows, c, kvol,
-                                src.stride(0), weight.stride(0), y.stride(0),
+    K.dw_propagate_kernel[grid](src, weight, y, lay.table, order, lay.count, lay.active, n_rows, c, kvol,
+                                lay.flip, src.stride(0), weight.stride(0), y.stride(0),
                                 SORTED=lay.order is not None, BLOCK_M=block_m, BLOCK_C=block_c,
                                 num_warps=params["num_warps"], num_stages=params["num_stages"])
     return y

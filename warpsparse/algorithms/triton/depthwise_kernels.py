@@ -8,27 +8,28 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from warpsparse.algorithms.triton.conv_kernels import store_rows
+from warpsparse.algorithms.triton.conv_kernels import store_rows, table_row_starts
 from warpsparse.triton_launch import fast_launch
 
 
 @fast_launch(precompilable=True)
 @triton.jit
 def dw_propagate_kernel(
-        x_ptr, w_ptr, y_ptr, sources_ptr, order_ptr, count_ptr, active_ptr, n_rows, c, kvol, stride_x, stride_w,
+        x_ptr, w_ptr, y_ptr, nbr_ptr, order_ptr, count_ptr, active_ptr, n_rows, c, kvol, flip, stride_x, stride_w,
         stride_y, SORTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """``y[o] = sum_k x[nbr[o, k]] * w[k]`` over the offsets the row block uses."""
     pid_m = tl.program_id(0)
-    lanes = tl.arange(0, BLOCK_M)
-    rows = pid_m * BLOCK_M + lanes
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
+    table_rows = table_row_starts(rows, row_ok, order_ptr, kvol, SORTED)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < c
     block = pid_m.to(tl.int64) * kvol
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
     for j in range(tl.load(count_ptr + pid_m)):
-        k = tl.load(active_ptr + block + j)
-        src = tl.load(sources_ptr + (block + j) * BLOCK_M + lanes)
+        col = tl.load(active_ptr + block + j)
+        k = col + flip * (kvol - 1 - 2 * col)
+        src = tl.load(nbr_ptr + table_rows + col, mask=row_ok, other=-1)
         xv = tl.load(x_ptr + src.to(tl.int64)[:, None] * stride_x + cols[None, :],
                      mask=(src >= 0)[:, None] & col_ok[None, :], other=0.0)
         wv = tl.load(w_ptr + k * stride_w + cols, mask=col_ok, other=0.0)

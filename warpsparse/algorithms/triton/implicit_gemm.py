@@ -221,8 +221,8 @@ def propagate(src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, params: 
     else:
         lay = block_offsets(kmap, params["sorted"], block_m)
         order = lay.order if lay.order is not None else lay.count
-        K.propagate_gather_kernel[grid](src, weight, y, lay.sources, order, lay.count, lay.active, n_rows, c_red,
-                                        c_n, kvol, *strides, SORTED=lay.order is not None, **common)
+        K.propagate_gather_kernel[grid](src, weight, y, lay.table, order, lay.count, lay.active, n_rows, c_red,
+                                        c_n, kvol, lay.flip, *strides, SORTED=lay.order is not None, **common)
     return y
 
 

@@ -5,6 +5,7 @@ the per-offset pair counts that :attr:`KernelMap.pairs` keeps.
 """
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -32,29 +33,28 @@ def _cached(kmap: KernelMap, key: Any, build: Callable[[], Any]) -> Any:
 
 @dataclass(frozen=True)
 class BlockOffsets:
-    """Result rows in blocks of ``block_m`` and, per block, the offsets at least one of its rows uses.
+    """Result rows in blocks of ``block_m`` and, per block, the columns of ``table`` at least one of its rows uses.
 
     Table rows are ``kmap.sorted_order`` when sorted (``order``; ``None``: rows in map order). Block ``b``
-    uses ``count[b]`` offsets, ``active[b, :count[b]]`` (increasing; decreasing on the reverse of a symmetric
-    map), and ``sources[b, j]`` holds the source row of each of its ``block_m`` rows through offset
-    ``active[b, j]`` (-1: none), so a program reads each offset's sources as one contiguous vector. Entries
-    past ``count[b]`` are unset.
+    uses ``count[b]`` columns, ``active[b, :count[b]]`` (increasing; entries past ``count[b]`` are unset), and
+    reads its rows' sources from ``table`` [N, K]. Column ``c`` multiplies weight offset ``c``, or ``K - 1 - c``
+    where ``flip`` is 1: the reverse of a symmetric map reads its source's table with offsets mirrored.
     """
 
+    table: torch.Tensor  # [N, K] int32
     order: torch.Tensor | None  # [N] int32
     count: torch.Tensor  # [blocks] int32
     active: torch.Tensor  # [blocks, K] int32
-    sources: torch.Tensor  # [blocks, K, block_m] int32
+    flip: int
 
 
 @fast_launch
 @triton.jit(do_not_specialize=["n"])
-def _block_offsets_kernel(nbr_ptr, order_ptr, count_ptr, active_ptr, sources_ptr, n, KV: tl.constexpr,
-                          SORTED: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr):
-    """One row block: its rows' table entries, the offsets any of them uses, compacted in increasing order."""
+def _block_offsets_kernel(nbr_ptr, order_ptr, count_ptr, active_ptr, n, KV: tl.constexpr, SORTED: tl.constexpr,
+                          BLOCK_M: tl.constexpr, KP: tl.constexpr):
+    """One row block: the offsets any of its rows uses, compacted in increasing order."""
     b = tl.program_id(0)
-    lanes = tl.arange(0, BLOCK_M)
-    rows = b * BLOCK_M + lanes
+    rows = b * BLOCK_M + tl.arange(0, BLOCK_M)
     live = rows < n
     if SORTED:
         rows = tl.load(order_ptr + rows, mask=live, other=0)
@@ -64,34 +64,30 @@ def _block_offsets_kernel(nbr_ptr, order_ptr, count_ptr, active_ptr, sources_ptr
     used = tl.max(tile, axis=0) >= 0
     slot = tl.cumsum(used.to(tl.int32), axis=0) - 1
     tl.store(count_ptr + b, tl.sum(used.to(tl.int32), axis=0))
-    base = b.to(tl.int64) * KV
-    tl.store(active_ptr + base + slot, k, mask=used)
-    tl.store(sources_ptr + (base + slot)[None, :] * BLOCK_M + lanes[:, None], tile, mask=used[None, :])
+    tl.store(active_ptr + b.to(tl.int64) * KV + slot, k, mask=used)
 
 
 def block_offsets(kmap: KernelMap, sort: bool, block_m: int) -> BlockOffsets:
     """The :class:`BlockOffsets` of ``kmap`` for row blocks of ``block_m`` (mask-sorted rows when ``sort``):
-    one kernel launch over the table; the reverse of a symmetric map mirrors its source's (built once)."""
+    one kernel launch over the table; the reverse of a symmetric map is its source's, flipped (built once)."""
 
     def build() -> BlockOffsets:
-        n, k = kmap.num_out, kmap.kernel_volume
         source = kmap.mirror_of
         if source is not None:
             # the reverse of a symmetric map is its source with offsets mirrored (k -> K-1-k), rows in the same
-            # order: the source's layout (built now if the source has none) serves with its offsets mirrored
-            mirrored = block_offsets(source, sort, block_m)
-            return BlockOffsets(mirrored.order, mirrored.count, (k - 1) - mirrored.active, mirrored.sources)
+            # order: the source's layout (built now if the source has none) serves with its offsets flipped
+            return dataclasses.replace(block_offsets(source, sort, block_m), flip=1)
+        n, k = kmap.num_out, kmap.kernel_volume
         dev = kmap.device
         blocks = -(-n // block_m)
         order = kmap.sorted_order if sort else None
+        table = kmap.nbr.contiguous()
         count = torch.empty(blocks, dtype=torch.int32, device=dev)
         active = torch.empty((blocks, k), dtype=torch.int32, device=dev)
-        sources = torch.empty((blocks, k, block_m), dtype=torch.int32, device=dev)
         if blocks:
-            _block_offsets_kernel[(blocks,)](kmap.nbr.contiguous(), count if order is None else order, count,
-                                             active, sources, n, KV=k, SORTED=sort, BLOCK_M=block_m,
-                                             KP=pow2_at_least(k), num_warps=4)
-        return BlockOffsets(order, count, active, sources)
+            _block_offsets_kernel[(blocks,)](table, count if order is None else order, count, active, n, KV=k,
+                                             SORTED=sort, BLOCK_M=block_m, KP=pow2_at_least(k), num_warps=4)
+        return BlockOffsets(table, order, count, active, 0)
 
     return _cached(kmap, ("block_offsets", sort, block_m), build)
 
