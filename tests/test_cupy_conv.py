@@ -18,7 +18,7 @@ import torch
 import warpsparse.algorithms  # noqa: F401  (registers the explicit algorithms)
 import warpsparse.algorithms.cupy  # noqa: F401  (registers the CuPy algorithms)
 from warpsparse.algorithms import registry
-from warpsparse.algorithms.base import Op, Signature
+from warpsparse.algorithms.base import Op, Signature, workspace_limit
 from warpsparse.algorithms.cupy import runtime
 from warpsparse.algorithms.cupy.configs import (DT_CODE, NOMINAL_DEVICE, DeviceInfo, conv_points, dw_points,
                                                 gemm_kernel, space_of)
@@ -101,6 +101,24 @@ def test_atomic_reduction_only_when_nondeterminism_is_allowed():
     torch.use_deterministic_algorithms(True)
     try:
         assert all(p["reduce"] == "ordered" for p in conv_points(sig, NOMINAL_DEVICE))
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def test_ordered_reductions_keep_their_workspace_within_the_limit():
+    """Split shares summed in order need a workspace of split x K x C_in x C_out fp32: past the operands' size
+    only the atomic sum is offered, unless determinism is required (then nothing else is allowed)."""
+    sig = Signature(Op.CONV_WGRAD, 67000, 67000, 96, 96, 27, torch.float16, "cuda", 2_000_000)
+    share = 27 * 96 * 96 * 4
+    points = conv_points(sig, NOMINAL_DEVICE)
+    assert all(p["split"] * share <= workspace_limit(sig) for p in points if p["reduce"] == "ordered")
+    assert any(p["split"] * share > workspace_limit(sig) for p in points if p["reduce"] == "atomic")
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        strict = conv_points(sig, NOMINAL_DEVICE)
+        assert {p["split"] for p in strict} == {p["split"] for p in points}
+        assert all(p["reduce"] == "ordered" for p in strict)
     finally:
         torch.use_deterministic_algorithms(previous)
 

@@ -14,7 +14,7 @@ import torch
 
 import warpsparse.algorithms.triton  # noqa: F401  (registers the Triton algorithms)
 from warpsparse.algorithms import Op, Signature, registry
-from warpsparse.algorithms.triton import common
+from warpsparse.algorithms.triton import common, implicit_gemm
 from warpsparse.coords.coord_set import CoordSet
 from warpsparse.coords.geometry import ConvGeometry, submanifold_geometry
 from warpsparse.coords.kernel_map import KernelMap
@@ -163,6 +163,22 @@ def test_space_follows_channels() -> None:
                 assert p["BLOCK_N"] <= max(16, wide(c_n))
                 assert p["mode"] == "gather" and c_red >= 16 and p["BLOCK_K"] <= wide(c_red) or \
                     p["mode"] == "packed" and c_red < 32
+
+
+def test_deterministic_wgrad_workspaces_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deterministic weight gradient's workspace (one fp32 K x C_in x C_out slice per chunk) stays within
+    the operands' size: on an H100-sized GPU (short chunks) a large layer loses the deterministic forms of its
+    shortest chunks, a small one none."""
+    monkeypatch.setattr(implicit_gemm, "device_limits", lambda device_type: (132, 227 * 1024))
+
+    def forms(sig: Signature, deterministic: bool) -> set[tuple]:
+        return {(p["mode"], p["BLOCK_M"], p["BLOCK_N"], p["chunk"]) for p in ALGO.param_space(sig).points()
+                if p["deterministic"] == deterministic}
+
+    big = Signature(Op.CONV_WGRAD, 28000, 28000, 128, 128, 27, torch.float16, DEV, 400_000)
+    assert forms(big, True) < forms(big, False)
+    small = Signature(Op.CONV_WGRAD, 3000, 3000, 32, 32, 27, torch.float16, DEV, 40_000)
+    assert forms(small, True) == forms(small, False)
 
 
 def test_deterministic_wgrad() -> None:

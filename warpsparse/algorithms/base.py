@@ -99,6 +99,12 @@ MASK_SORT_MS = 0.04
 PAIR_CHUNKS_MS = 0.15
 
 
+def workspace_limit(sig: Signature) -> int:
+    """Bytes a deterministic weight gradient's split-k workspace may take: no more than the operands it reduces
+    (``x`` and ``dy``), 16 MiB at least, so that a workspace does not set the backward pass's peak memory."""
+    return max(16 << 20, (sig.n_in * sig.c_in + sig.n_out * sig.c_out) * sig.dtype.itemsize)
+
+
 @dataclass(frozen=True)
 class ParamSpace:
     """A named, discrete parameter space: the product of ``choices`` filtered by ``constraint``."""

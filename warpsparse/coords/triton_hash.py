@@ -25,7 +25,9 @@ from warpsparse.triton_launch import cdiv, fast_launch
 
 EMPTY = -1
 MAX_LOAD = 0.5
-COORD_LOAD = 0.125  # coordinate tables are queried K times per site: short probes are worth 64-128 B a site
+# coordinate tables are queried K times per site, so they run emptier than MAX_LOAD: 32-64 B a site; at 0.125 the
+# subm build was 5-10% faster on an H100 (bench/maps.py --sweep) but a network's forward peak held 8 MiB more
+COORD_LOAD = 0.25
 PACKED_KEYS = 2**31  # keys of a packed table stay below this
 MIN_CAPACITY = 16
 HASH_MULTIPLIER = 0x9E3779B97F4A7C15

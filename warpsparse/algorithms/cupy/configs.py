@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import torch
 
-from warpsparse.algorithms.base import Op, ParamSpace, Signature
+from warpsparse.algorithms.base import Op, ParamSpace, Signature, workspace_limit
 
 DT_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 KC = 32  # kernel offsets staged at a time by the forward kernel (gemm.cu)
@@ -242,6 +242,8 @@ def wgrad_splits(tiles: int, kvol: int, num_pairs: int, slice_elems: int, dev: D
 def _wgrad_points(sig: Signature, dev: DeviceInfo) -> list[dict[str, Any]]:
     dt = DT_CODE[sig.dtype]
     atomic_ok = not torch.are_deterministic_algorithms_enabled()
+    workspace = sig.kernel_volume * sig.c_in * sig.c_out * 4  # bytes of one share's partial sums
+    limit = workspace_limit(sig)
     points: list[dict[str, Any]] = []
     seen = set()
     for mma in (True, False):
@@ -261,11 +263,20 @@ def _wgrad_points(sig: Signature, dev: DeviceInfo) -> list[dict[str, Any]]:
                 continue
             tiles = math.ceil(sig.c_in / tile[0]) * math.ceil(sig.c_out / tile[1])
             for split in wgrad_splits(tiles, sig.kernel_volume, sig.num_pairs, sig.c_in * sig.c_out, dev):
-                for reduce in (("ordered", "atomic") if split > 1 and atomic_ok else ("ordered",)):
+                for reduce in _reductions(split, split * workspace <= limit, atomic_ok):
                     points.append({"engine": "mma" if mma else "simt", "block_m": tile[0], "block_n": tile[1],
                                    "block_k": tile[2], "warps": warps, "stages": 3, "split": split,
                                    "reduce": reduce})
     return points
+
+
+def _reductions(split: int, workspace_fits: bool, atomic_ok: bool) -> tuple[str, ...]:
+    """How the shares of a ``split``-way weight gradient may be summed: in a fixed order through a workspace
+    (within :func:`~warpsparse.algorithms.base.workspace_limit`; always when unsplit or when nothing else is
+    allowed), or atomically where determinism is not required."""
+    if split == 1 or not atomic_ok:
+        return ("ordered",)
+    return ("ordered", "atomic") if workspace_fits else ("atomic",)
 
 
 def conv_points(sig: Signature, dev: DeviceInfo) -> list[dict[str, Any]]:

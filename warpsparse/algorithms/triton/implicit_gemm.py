@@ -6,7 +6,7 @@ from typing import Any, Iterator
 import torch
 
 from warpsparse.algorithms.base import (CONV_OPS, MASK_SORT_MS, PAIR_CHUNKS_MS, PAIR_LIST_MS, Algorithm, Op,
-                                        ParamSpace, Params, Signature)
+                                        ParamSpace, Params, Signature, workspace_limit)
 from warpsparse.algorithms.triton import conv_kernels as K
 from warpsparse.algorithms.triton.common import (channel_tiles, chunk_lengths, device_limits, dot_precision,
                                                  explicit_space, rows, unsupported, upcast_dots)
@@ -17,8 +17,6 @@ from warpsparse.triton_launch import cdiv, pow2_at_least
 
 # the packed forms pay off while the reduction channels leave most of a 32-wide tile empty
 PACKED_BELOW = 32
-# deterministic weight-gradient workspaces larger than this are not worth their memory
-WORKSPACE_LIMIT = 256 << 20
 
 
 def _warps(block_m: int, block_n: int) -> int:
@@ -118,6 +116,7 @@ def _wgrad_points(sig: Signature) -> Iterator[dict[str, Any]]:
     modes = {"deterministic": (True, False) if not torch.are_deterministic_algorithms_enabled() else (True,)}
     block_k = 64 if sig.dtype.itemsize == 2 else 32
     kvol = sig.kernel_volume
+    limit = workspace_limit(sig)
     for block_m, block_n in _wgrad_tiles(sig):
         if not _fits(sig, block_m, block_n, block_k, 2):
             continue
@@ -127,13 +126,13 @@ def _wgrad_points(sig: Signature) -> Iterator[dict[str, Any]]:
         for chunk in chunk_lengths(sig.num_pairs, count, block_k, sms):
             workspace = (sig.num_pairs // chunk + kvol) * sig.c_in * sig.c_out * 4
             for deterministic in modes["deterministic"]:
-                if not (deterministic and workspace > WORKSPACE_LIMIT):
+                if not (deterministic and workspace > limit):
                     yield {"mode": "pairs", **point, "chunk": chunk, "deterministic": deterministic}
         # rows mode: every offset walks the mask-sorted output rows, so it needs no pair list
         chunk = chunk_lengths(sig.n_out, count * kvol, block_k, sms)[0]
         workspace = cdiv(sig.n_out, chunk) * kvol * sig.c_in * sig.c_out * 4
         for deterministic in modes["deterministic"]:
-            if not (deterministic and workspace > WORKSPACE_LIMIT):
+            if not (deterministic and workspace > limit):
                 yield {"mode": "rows", **point, "chunk": chunk, "deterministic": deterministic}
     if sig.c_in < PACKED_BELOW:
         packed_rows = kvol * sig.c_in
