@@ -145,6 +145,7 @@ def test_a_repeated_key_keeps_its_first_value(packed: bool) -> None:
     table.insert(torch.tensor([7, 9], dtype=torch.int64, device=DEV))
     table.insert(torch.tensor([9, 11], dtype=torch.int64, device=DEV))
     assert table.lookup(torch.tensor([7, 9, 11, 8], dtype=torch.int64, device=DEV)).tolist() == [0, 1, 1, -1]
+    assert table.lookup(torch.tensor([-1, -2], dtype=torch.int64, device=DEV)).tolist() == [-1, -1]  # never stored
 
 
 def test_clear_errors() -> None:

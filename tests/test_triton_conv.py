@@ -179,6 +179,16 @@ def test_deterministic_wgrad_workspaces_are_bounded(monkeypatch: pytest.MonkeyPa
     assert forms(big, True) < forms(big, False)
     small = Signature(Op.CONV_WGRAD, 3000, 3000, 32, 32, 27, torch.float16, DEV, 40_000)
     assert forms(small, True) == forms(small, False)
+    wide = Signature(Op.CONV_WGRAD, 3000, 3000, 512, 512, 27, torch.float16, DEV, 40_000)  # one slice: 28 MB
+    assert not forms(wide, True) and ALGO.default_params(wide)["deterministic"] is False
+    assert ALGO.default_params(big)["deterministic"]  # the untuned point stays deterministic where it can
+    every_form = forms(big, False)
+    torch.use_deterministic_algorithms(True)
+    try:  # nothing else is allowed: every workspace is
+        assert forms(wide, True) and ALGO.default_params(wide)["deterministic"]
+        assert forms(big, True) == every_form and not forms(big, False)
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def test_deterministic_wgrad() -> None:

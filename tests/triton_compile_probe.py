@@ -76,7 +76,7 @@ def exercise() -> None:
     triton_hash.HashTable.allocate(16, "cpu").insert(torch.arange(4))
     triton_hash.HashTable.allocate(16, "cpu", packed=True).insert(torch.arange(4))
     triton_maps.fill_map(src, subm, src.spatial_shape, src)
-    huge = CoordSet(coords, (1 << 20, 1 << 20, 1 << 20), 2)  # keys past 2**31: an unpacked table
+    huge = CoordSet(coords, (1 << 16, 1 << 16, 1 << 16), 2)  # keys past 2**31: an unpacked table
     triton_maps.fill_map(huge, subm, huge.spatial_shape, huge)
     # recorded launches leave the output numbering unwritten: number every lane so that the fill launches too
     cumsum = torch.cumsum
@@ -85,6 +85,7 @@ def exercise() -> None:
         triton_maps.discover_map(src, down, down.output_shape(src.spatial_shape))
         up3 = ConvGeometry((3, 3, 3), (2, 2, 2), transposed=True)
         triton_maps.owned_map(src, up3, up3.output_shape(src.spatial_shape))
+        triton_maps.owned_map(huge, up3, up3.output_shape(huge.spatial_shape))  # an unpacked input table
     finally:
         torch.cumsum = cumsum
     up = ConvGeometry((2, 2, 2), (2, 2, 2), transposed=True)

@@ -100,8 +100,9 @@ PAIR_CHUNKS_MS = 0.15
 
 
 def workspace_limit(sig: Signature) -> int:
-    """Bytes a deterministic weight gradient's split-k workspace may take: no more than the operands it reduces
-    (``x`` and ``dy``), 16 MiB at least, so that a workspace does not set the backward pass's peak memory."""
+    """Bytes a deterministic weight gradient's split-k workspace may take where a non-deterministic reduction is
+    allowed instead: no more than the operands it reduces (``x`` and ``dy``), 16 MiB at least, so that a
+    workspace does not set the backward pass's peak memory."""
     return max(16 << 20, (sig.n_in * sig.c_in + sig.n_out * sig.c_out) * sig.dtype.itemsize)
 
 

@@ -159,8 +159,8 @@ class KernelMap:
 
 class _MirroredMap(KernelMap):
     """The reverse of a symmetric map: the source's table with offsets mirrored, made only when something reads
-    :attr:`nbr`. The implicit-GEMM row-block layouts mirror the source's and never do; the packed kernels, the
-    CuPy and explicit algorithms, :attr:`mask` and :attr:`pairs` (and ``repr``) do."""
+    :attr:`nbr`. The Triton gather kernels read the source's table with offsets flipped and never do; the packed
+    kernels, the CuPy and explicit algorithms, :attr:`mask` and :attr:`pairs` (and ``repr``) do."""
 
     def __init__(self, source: KernelMap) -> None:
         self._source = source

@@ -1,6 +1,7 @@
 """A GPU hash table of int64 keys in Triton: open addressing, linear probing, atomic compare-and-swap inserts.
 
-Slots are ``[capacity, 2]`` int64 rows ``(key, value)``; a free slot holds the key :data:`EMPTY`. Keys are
+Slots are ``[capacity, 2]`` int64 rows ``(key, value)``; a free slot holds the key :data:`EMPTY` (in a packed
+table, below, the whole word is :data:`EMPTY`). Keys are
 non-negative (coordinates packed by :func:`warpsparse.coords.keys.pack`, batch-major mixed radix over the real
 grid, so the only limit is batch x grid <= 2**62). A *packed* table, for keys below ``2**31`` and values below
 ``2**32`` (every coordinate set of batch x grid <= 2**31 sites), holds each entry in one int64 word ``key << 32 |
@@ -25,8 +26,9 @@ from warpsparse.triton_launch import cdiv, fast_launch
 
 EMPTY = -1
 MAX_LOAD = 0.5
-# coordinate tables are queried K times per site, so they run emptier than MAX_LOAD: 32-64 B a site; at 0.125 the
-# subm build was 5-10% faster on an H100 (bench/maps.py --sweep) but a network's forward peak held 8 MiB more
+# coordinate tables are queried K times per site, so they run emptier than MAX_LOAD: 32-64 B a site packed (64-128
+# B unpacked); at 0.125 the subm build was 5-10% faster on an H100 (bench/maps.py --sweep) but a network's
+# forward peak held 8 MiB more
 COORD_LOAD = 0.25
 PACKED_KEYS = 2**31  # keys of a packed table stay below this
 MIN_CAPACITY = 16
@@ -89,14 +91,16 @@ def find_keys(slots_ptr, key, todo, shift, hmask, PACKED: tl.constexpr):
     while tl.max(todo.to(tl.int32)) > 0:
         if PACKED:
             word = tl.load(slots_ptr + slot, mask=todo, other=_EMPTY)
-            stored = word >> 32  # EMPTY (-1) shifts to itself
+            free = word == _EMPTY
+            stored = word >> 32
             stored_value = word - (stored << 32)
         else:
             stored = tl.load(slots_ptr + 2 * slot, mask=todo, other=_EMPTY)
             stored_value = tl.load(slots_ptr + 2 * slot + 1, mask=todo, other=-1)  # with the key: one round trip
-        hit = todo & (stored == key)
+            free = stored == _EMPTY
+        hit = todo & ~free & (stored == key)
         value = tl.where(hit, stored_value, value)
-        todo = todo & (stored != key) & (stored != _EMPTY)
+        todo = todo & ~hit & ~free
         slot = (slot + 1) & hmask
     return value
 

@@ -8,7 +8,8 @@ lane of that key; the lanes that are first for their key are counted with a scan
 so outputs come out in the order of the first (input row, offset) reaching them, like the PyTorch builder's,
 without sorting. The total is the one host read. The lanes then fill ``nbr`` input-driven (each lane is one
 pair; no lookups). That table is then dropped: it is sized for every lane, and its slots hold lane numbers;
-the output set builds its own (packed, smaller) coordinate table when the next layer queries it.
+the output set builds its own coordinate table (packed where its keys allow, and smaller) when the next layer
+queries it.
 
 A transposed conv that sends only a few lanes to each output (e.g. 3x3x3 stride 2: at most 8) skips the output
 table: the lanes reaching a lane's output are those of the same residue of the stride, so each lane looks their

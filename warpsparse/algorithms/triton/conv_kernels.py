@@ -48,7 +48,7 @@ def store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, SORT
 
 
 @fast_launch(precompilable=True)
-@triton.jit(do_not_specialize=["n_rows"])
+@triton.jit(do_not_specialize=["n_rows", "flip"])
 def propagate_gather_kernel(
         x_ptr, w_ptr, y_ptr, nbr_ptr, order_ptr, count_ptr, active_ptr,
         n_rows, c_red, c_n, kvol, flip, stride_x, stride_wk, stride_wr, stride_wn, stride_y,

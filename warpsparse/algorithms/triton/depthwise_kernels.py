@@ -13,7 +13,7 @@ from warpsparse.triton_launch import fast_launch
 
 
 @fast_launch(precompilable=True)
-@triton.jit
+@triton.jit(do_not_specialize=["flip"])  # one compile serves maps and the mirrored reverses of symmetric maps
 def dw_propagate_kernel(
         x_ptr, w_ptr, y_ptr, nbr_ptr, order_ptr, count_ptr, active_ptr, n_rows, c, kvol, flip, stride_x, stride_w,
         stride_y, SORTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):

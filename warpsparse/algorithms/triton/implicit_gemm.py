@@ -113,10 +113,11 @@ def _wgrad_default(sig: Signature) -> dict[str, Any]:
 
 def _wgrad_points(sig: Signature) -> Iterator[dict[str, Any]]:
     sms = device_limits(sig.device_type)[0]
-    modes = {"deterministic": (True, False) if not torch.are_deterministic_algorithms_enabled() else (True,)}
+    strict = torch.are_deterministic_algorithms_enabled()
+    modes = {"deterministic": (True,) if strict else (True, False)}
     block_k = 64 if sig.dtype.itemsize == 2 else 32
     kvol = sig.kernel_volume
-    limit = workspace_limit(sig)
+    limit = float("inf") if strict else workspace_limit(sig)  # when nothing else is allowed, any workspace
     for block_m, block_n in _wgrad_tiles(sig):
         if not _fits(sig, block_m, block_n, block_k, 2):
             continue
@@ -285,9 +286,11 @@ class TritonImplicitGemm(Algorithm):
         return explicit_space(points)
 
     def default_params(self, sig: Signature) -> dict[str, Any]:
+        """The untuned point, or (where the space lacks it) the space's first deterministic point."""
         default = _wgrad_default(sig) if sig.op == Op.CONV_WGRAD else _propagate_default(sig)
         points = list(self.param_space(sig).points())
-        return default if default in points else points[0]
+        return default if default in points else next((p for p in points if p.get("deterministic", True)),
+                                                      points[0])
 
     def estimate_cost(self, sig: Signature, params: Params) -> float | None:
         return estimate_seconds(sig, params)
