@@ -360,6 +360,18 @@ def test_key_space_past_two_to_the_62_is_a_clear_error() -> None:
         build_kernel_map(src, ConvGeometry((2, 2, 2), (2, 2, 2)), (1 << 19,) * 3, builder="triton")
 
 
+@pytest.mark.parametrize("geom", [ConvGeometry((3, 3, 3), (2, 2, 2), (1, 1, 1)),  # discovered
+                                  ConvGeometry((2, 2, 2), (2, 2, 2), transposed=True),  # spread
+                                  ConvGeometry((3, 3, 3), (2, 2, 2), transposed=True)])  # owned
+def test_too_many_lanes_is_a_clear_error(geom: ConvGeometry, monkeypatch) -> None:
+    """Every builder that walks (input, position) lanes refuses more than int32 lane numbers can hold."""
+    src = random_set(20, (5, 4, 6), 1)
+    monkeypatch.setattr(triton_maps, "_MAX_LANES", src.num_points * 2)
+    with pytest.raises(ValueError, match=r"input sites x \d+ kernel positions = \d+ lanes, more than the \d+ "
+                                         r"one map build supports; split the batch"):
+        build_kernel_map(src, geom, geom.output_shape(src.spatial_shape), builder="triton")
+
+
 def test_unknown_builder_is_a_clear_error() -> None:
     src = random_set(5, (3, 3, 3), 1)
     with pytest.raises(ValueError, match="builder must be"):

@@ -220,6 +220,19 @@ def _fill_lanes_kernel(coords_ptr, lane_slot_ptr, slots_ptr, nbr_ptr, count_ptr,
     tl.atomic_add(count_ptr, tl.sum(hit.to(tl.int64), axis=0))
 
 
+@triton.jit
+def _store_moved(dst, src, k, mask, K1: tl.constexpr, K2: tl.constexpr, S0: tl.constexpr, S1: tl.constexpr,
+                 S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, P0: tl.constexpr,
+                 P1: tl.constexpr, P2: tl.constexpr):
+    """Store at ``dst`` the site at ``src`` (batch, x0, x1, x2) moved by transposed kernel offset ``k``:
+    ``x*S + t*D - P`` per axis."""
+    tl.store(dst, tl.load(src, mask=mask, other=0), mask=mask)
+    tl.store(dst + 1, tl.load(src + 1, mask=mask, other=0) * S0 + (k // (K1 * K2) * D0 - P0).to(tl.int32),
+             mask=mask)
+    tl.store(dst + 2, tl.load(src + 2, mask=mask, other=0) * S1 + (k // K2 % K1 * D1 - P1).to(tl.int32), mask=mask)
+    tl.store(dst + 3, tl.load(src + 3, mask=mask, other=0) * S2 + (k % K2 * D2 - P2).to(tl.int32), mask=mask)
+
+
 @fast_launch
 @triton.jit(do_not_specialize=["n"])
 def _spread_kernel(coords_ptr, out_ptr, nbr_ptr, n, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
@@ -233,13 +246,7 @@ def _spread_kernel(coords_ptr, out_ptr, nbr_ptr, n, K0: tl.constexpr, K1: tl.con
     live = r < n * KV
     i = r // KV
     k = r - i * KV
-    src = coords_ptr + i * 4
-    dst = out_ptr + r * 4
-    tl.store(dst, tl.load(src, mask=live, other=0), mask=live)
-    tl.store(dst + 1, tl.load(src + 1, mask=live, other=0) * S0 + (k // (K1 * K2) * D0 - P0).to(tl.int32),
-             mask=live)
-    tl.store(dst + 2, tl.load(src + 2, mask=live, other=0) * S1 + (k // K2 % K1 * D1 - P1).to(tl.int32), mask=live)
-    tl.store(dst + 3, tl.load(src + 3, mask=live, other=0) * S2 + (k % K2 * D2 - P2).to(tl.int32), mask=live)
+    _store_moved(out_ptr + r * 4, coords_ptr + i * 4, k, live, K1, K2, S0, S1, S2, D0, D1, D2, P0, P1, P2)
     j = tl.arange(0, KP)
     pair = tl.where(j[None, :] == k[:, None], i[:, None].to(tl.int32), -1)
     tl.store(nbr_ptr + r[:, None] * KV + j[None, :], pair, mask=live[:, None] & (j < KV)[None, :])
@@ -313,13 +320,8 @@ def _owned_fill_kernel(coords_ptr, owner_ptr, rank_ptr, nbr_ptr, out_ptr, count_
     row = lanes // KV
     k = lanes % KV
     tl.store(nbr_ptr + out * KV + k, row, mask=hit)
-    first = hit & (owner == lanes)
-    src = coords_ptr + 4 * row.to(tl.int64)
-    dst = out_ptr + 4 * out
-    tl.store(dst, tl.load(src, mask=first, other=0), mask=first)
-    tl.store(dst + 1, tl.load(src + 1, mask=first, other=0) * S0 + k // (K1 * K2) * D0 - P0, mask=first)
-    tl.store(dst + 2, tl.load(src + 2, mask=first, other=0) * S1 + k // K2 % K1 * D1 - P1, mask=first)
-    tl.store(dst + 3, tl.load(src + 3, mask=first, other=0) * S2 + k % K2 * D2 - P2, mask=first)
+    _store_moved(out_ptr + 4 * out, coords_ptr + 4 * row.to(tl.int64), k, hit & (owner == lanes), K1, K2, S0, S1,
+                 S2, D0, D1, D2, P0, P1, P2)
     tl.atomic_add(count_ptr, tl.sum(hit.to(tl.int64), axis=0))
 
 
@@ -366,6 +368,15 @@ def _reach_per_axis(geom: ConvGeometry) -> tuple[Triple, Triple]:
     return ((1, 1, 1), geom.kernel_size) if geom.transposed else _residues(geom)
 
 
+def _check_lanes(n: int, per_site: int) -> int:
+    """``n * per_site`` (input sites x kernel positions: one lane each); ``ValueError`` past :data:`_MAX_LANES`."""
+    lanes = n * per_site
+    if lanes > _MAX_LANES:
+        raise ValueError(f"{n} input sites x {per_site} kernel positions = {lanes} lanes, more than the "
+                         f"{_MAX_LANES} one map build supports; split the batch")
+    return lanes
+
+
 def discover_map(src: CoordSet, geom: ConvGeometry,
                  out_shape: Triple) -> tuple[torch.Tensor, torch.Tensor, CoordSet]:
     """``(nbr, pair count, output set)`` of ``geom`` from ``src`` to every output site of ``out_shape`` some
@@ -378,11 +389,7 @@ def discover_map(src: CoordSet, geom: ConvGeometry,
     radix = key_radix(out_shape, src.batch_size)  # ValueError past 2**62 keys; the radix is out_shape itself
     period, most = _reach_per_axis(geom)
     per_site = most[0] * most[1] * most[2]
-    n = src.num_points
-    lanes = n * per_site
-    if lanes > _MAX_LANES:
-        raise ValueError(f"{n} input sites x {per_site} reachable offsets = {lanes} candidate outputs, more than "
-                         f"the {_MAX_LANES} one map build supports; split the batch")
+    lanes = _check_lanes(src.num_points, per_site)
     bound = min(lanes, src.batch_size * math.prod(out_shape))
     dev = src.device
     table = HashTable.allocate(bound, dev)
@@ -459,10 +466,8 @@ def spread_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[to
     moved by kernel position ``k`` (the lane order, as :func:`discover_map` numbers them). Every lane is a pair,
     so the count is known here: neither the build nor the map's :attr:`~KernelMap.num_pairs` reads the device."""
     n, kv = src.num_points, geom.kernel_volume
+    _check_lanes(n, kv)
     dev = src.device
-    if n * kv > _MAX_LANES:
-        raise ValueError(f"{n} input sites x {kv} offsets = {n * kv} output sites, more than the {_MAX_LANES} one "
-                         "map build supports; split the batch")
     require_runnable(dev)
     key_radix(out_shape, src.batch_size)  # the output set's keys must fit (ValueError past 2**62), as discovery's
     out_coords = torch.empty((n * kv, 4), dtype=torch.int32, device=dev)
@@ -492,11 +497,8 @@ def owned_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[tor
     host read is the output count. The output set builds its own table when something queries it."""
     require_runnable(src.device)
     key_radix(out_shape, src.batch_size)  # the output set's keys must fit (ValueError past 2**62)
-    n, kv = src.num_points, geom.kernel_volume
-    lanes = n * kv
-    if lanes > _MAX_LANES:
-        raise ValueError(f"{n} input sites x {kv} offsets = {lanes} candidate outputs, more than the {_MAX_LANES} "
-                         "one map build supports; split the batch")
+    kv = geom.kernel_volume
+    lanes = _check_lanes(src.num_points, kv)
     dev = src.device
     count = torch.zeros(1, dtype=torch.int64, device=dev)
     m = 0
