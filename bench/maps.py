@@ -3,7 +3,8 @@
     python3 bench/maps.py [--out DIR] [--sweep]
 
 Voxelizes the scan at 0.1 m and 0.05 m (batch 1) and times, per geometry, the median of
-``triton.testing.do_bench`` (CUDA events, L2 flushed before each call) of:
+``triton.testing.do_bench`` (CUDA events, L2 flushed before each call; the median of three rounds that time
+every column in turn) of:
 
 - ``triton``: ``build_kernel_map`` with the Triton builder on a fresh site set (hash table built in the call),
   and ``triton+sort`` adding the mask sort (``KernelMap.sorted_order``); for subm also with the table cached;
@@ -59,8 +60,11 @@ def apply(setting: dict[str, Any]) -> None:
         setattr(SETTINGS[name], name, value)
 
 
+ROUNDS = 3  # every timer of a row is timed once per round, in turn: drift between them cancels out
+
+
 def median_ms(fn: Callable[[], Any]) -> float:
-    return float(do_bench(fn, warmup=50, rep=300, return_mode="median"))
+    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
 def wall_ms(fn: Callable[[], Any], reps: int = 50) -> float:
@@ -142,9 +146,12 @@ def measure(voxel: float) -> list[dict[str, Any]]:
                 timers[label] = call
             except Exception as exc:  # spconv may not support a variant: record why
                 row[f"{label} error"] = f"{type(exc).__name__}: {exc}"[:200]
-        for label, call in timers.items():
-            row[label] = median_ms(call)
-            row[f"{label} wall"] = wall_ms(call)
+        times: dict[str, list[float]] = {}
+        for _ in range(ROUNDS):
+            for label, call in timers.items():
+                times.setdefault(label, []).append(median_ms(call))
+                times.setdefault(f"{label} wall", []).append(wall_ms(call))
+        row.update({label: float(np.median(ms)) for label, ms in times.items()})
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

@@ -139,7 +139,8 @@ def check_own_table(out: CoordSet) -> None:
     assert torch.equal(rows.cpu(), torch.arange(out.num_points))
 
 
-@pytest.mark.parametrize("kernel,dilation", [(1, 1), (3, 1), (3, 2), ((3, 1, 3), (1, 1, 2)), ((1, 3, 5), 1)])
+@pytest.mark.parametrize("kernel,dilation", [(1, 1), (3, 1), (3, 2), ((3, 1, 3), (1, 1, 2)), ((1, 3, 5), 1),
+                                             (5, 1)])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_submanifold_equals_torch_and_oracle(kernel, dilation, batch: int) -> None:
     geom = submanifold_geometry(_t(kernel), _t(dilation))
@@ -150,6 +151,16 @@ def test_submanifold_equals_torch_and_oracle(kernel, dilation, batch: int) -> No
     sites = {tuple(c) for c in src.coords.tolist()}
     assert pairs_of(km_x, src) == {p for p in brute_force_pairs(src, geom, src.spatial_shape) if p[2] in sites}
     assert CACHE_KEY in src.cache
+
+
+def test_submanifold_maps_look_up_half_the_offsets(monkeypatch) -> None:
+    """A symmetric map is filled by the half-lookup kernel (mirrored writes), never by the full map kernel."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the full map kernel ran for a symmetric map")
+    monkeypatch.setattr(triton_maps, "_map_kernel", type("Refuse", (), {"__getitem__": lambda self, grid: refuse})())
+    geom = submanifold_geometry((3, 3, 3), (1, 1, 1))
+    src = random_set(300, (6, 6, 6), 2)
+    check_same(*both_builders(src, geom, src.spatial_shape, src, "subm"))
 
 
 @pytest.mark.parametrize("geom,batch", _strided_cases(transposed=False))
@@ -205,19 +216,27 @@ def test_disjoint_transposed_maps_need_no_discovery(geom: ConvGeometry, monkeypa
     (ConvGeometry((3, 2, 3), (2, 2, 2), (0, 0, 0), (1, 2, 1), transposed=True), True),  # dilated onto a residue
     (ConvGeometry((3, 3, 3), (1, 1, 1), (1, 1, 1), transposed=True), False),  # 27 per output: discovered
     (ConvGeometry((3, 3, 3), (2, 2, 2), (0, 0, 0), (2, 2, 2), transposed=True), False),  # 27: discovered
+    (ConvGeometry((2, 2, 2), (2, 2, 2)), True),  # one output per input, 8 inputs per output
+    (ConvGeometry((2, 2, 2), (2, 2, 2), (1, 1, 1)), True),  # padded
+    (ConvGeometry((2, 1, 3), (2, 1, 3)), True),  # uneven
+    (ConvGeometry((2, 2, 2), (3, 3, 3)), True),  # gaps: some inputs reach no output
+    (ConvGeometry((2, 2, 1), (4, 4, 1), (0, 0, 0), (2, 2, 1)), True),  # dilated within the stride
+    (ConvGeometry((3, 3, 3), (2, 2, 2), (1, 1, 1)), False),  # two outputs per input along each axis
+    (ConvGeometry((3, 3, 3), (3, 3, 3)), False),  # one output per input but 27 inputs per output
 ])
-def test_transposed_maps_with_few_lanes_per_output_are_owned(geom: ConvGeometry, owned: bool, monkeypatch) -> None:
+def test_maps_with_few_lanes_per_output_are_owned(geom: ConvGeometry, owned: bool, monkeypatch) -> None:
     """Few lanes per output: each lane finds its output's first lane in the input table (no output table, no
     discovery); many: discovered. Both equal the PyTorch builder and the brute-force first-reach order."""
     src = random_set(70, (5, 4, 6), 2)
     out_shape = geom.output_shape(src.spatial_shape)
     assert triton_maps.owned_lanes(geom) == owned
-    expected = build_kernel_map(src, geom, out_shape, kind="transposed", builder="torch")
+    kind = "transposed" if geom.transposed else "conv"
+    expected = build_kernel_map(src, geom, out_shape, kind=kind, builder="torch")
 
     def not_called(*args, **kwargs):
         raise AssertionError("the other builder was called")
     monkeypatch.setattr(triton_maps, "discover_map" if owned else "owned_map", not_called)
-    got = build_kernel_map(src, geom, out_shape, kind="transposed", builder="triton")
+    got = build_kernel_map(src, geom, out_shape, kind=kind, builder="triton")
     check_same(*expected, *got)
     pairs = brute_force_pairs(src, geom, out_shape)
     assert pairs_of(*got) == set(pairs) and len(pairs) > len(first_reach_order(pairs))  # outputs are shared
@@ -225,11 +244,12 @@ def test_transposed_maps_with_few_lanes_per_output_are_owned(geom: ConvGeometry,
     check_own_table(got[1])
 
 
-def test_owned_map_of_no_sites() -> None:
-    geom = ConvGeometry((3, 3, 3), (2, 2, 2), transposed=True)
+@pytest.mark.parametrize("geom", [ConvGeometry((3, 3, 3), (2, 2, 2), transposed=True),
+                                  ConvGeometry((2, 2, 2), (2, 2, 2))])
+def test_owned_map_of_no_sites(geom: ConvGeometry) -> None:
     src = shuffled_set(torch.zeros((0, 4), dtype=torch.int32), (5, 4, 6), 1)
     nbr, count, out = triton_maps.owned_map(src, geom, geom.output_shape(src.spatial_shape))
-    assert nbr.shape == (0, 27) and out.num_points == 0 and int(count) == 0
+    assert nbr.shape == (0, geom.kernel_volume) and out.num_points == 0 and int(count) == 0
 
 
 def test_disjoint_transposed_map_of_no_sites() -> None:
@@ -464,8 +484,10 @@ def test_submanifold_build_never_syncs_and_strided_syncs_once() -> None:
     finally:
         torch.cuda.set_sync_debug_mode(0)
     up3 = ConvGeometry((3, 3, 3), (2, 2, 2), transposed=True)
+    pool = ConvGeometry((2, 2, 2), (2, 2, 2))
     for build in (lambda s: build_kernel_map(s, down, out_shape),  # discovered
-                  lambda s: build_kernel_map(s, up3, up3.output_shape(s.spatial_shape), kind="transposed")):  # owned
+                  lambda s: build_kernel_map(s, up3, up3.output_shape(s.spatial_shape), kind="transposed"),  # owned
+                  lambda s: build_kernel_map(s, pool, pool.output_shape(s.spatial_shape))):  # owned, regular
         build(fresh(src))
         b = fresh(src)
         with warnings.catch_warnings(record=True) as caught:

@@ -75,9 +75,11 @@ def exercise() -> None:
     table.lookup(torch.arange(4))
     triton_hash.HashTable.allocate(16, "cpu").insert(torch.arange(4))
     triton_hash.HashTable.allocate(16, "cpu", packed=True).insert(torch.arange(4))
-    triton_maps.fill_map(src, subm, src.spatial_shape, src)
     huge = CoordSet(coords, (1 << 16, 1 << 16, 1 << 16), 2)  # keys past 2**31: an unpacked table
-    triton_maps.fill_map(huge, subm, huge.spatial_shape, huge)
+    for sites in (src, huge):
+        triton_maps.fill_map(sites, subm, sites.spatial_shape, sites)  # symmetric: half the lookups
+        copy = CoordSet(sites.coords, sites.spatial_shape, sites.batch_size)
+        triton_maps.fill_map(sites, subm, sites.spatial_shape, copy)  # other output sets: the full map kernel
     # recorded launches leave the output numbering unwritten: number every lane so that the fill launches too
     cumsum = torch.cumsum
     torch.cumsum = lambda t, dim, dtype=None: torch.arange(1, t.numel() + 1, dtype=dtype)
@@ -86,6 +88,7 @@ def exercise() -> None:
         up3 = ConvGeometry((3, 3, 3), (2, 2, 2), transposed=True)
         triton_maps.owned_map(src, up3, up3.output_shape(src.spatial_shape))
         triton_maps.owned_map(huge, up3, up3.output_shape(huge.spatial_shape))  # an unpacked input table
+        triton_maps.owned_map(src, down, down.output_shape(src.spatial_shape))  # regular: one lane per input
     finally:
         torch.cumsum = cumsum
     up = ConvGeometry((2, 2, 2), (2, 2, 2), transposed=True)

@@ -11,10 +11,14 @@ pair; no lookups). That table is then dropped: it is sized for every lane, and i
 the output set builds its own coordinate table (packed where its keys allow, and smaller) when the next layer
 queries it.
 
-A transposed conv that sends only a few lanes to each output (e.g. 3x3x3 stride 2: at most 8) skips the output
-table: the lanes reaching a lane's output are those of the same residue of the stride, so each lane looks their
-inputs up in the (much smaller) input table and learns the first of them, its output's owner; owners are
-numbered with the same scan.
+A conv that sends only a few lanes to each output skips the output table: a transposed one with few positions
+per residue of the stride (e.g. 3x3x3 stride 2: at most 8 lanes per output), or a regular one whose inputs each
+reach one output (e.g. 2x2x2 stride 2, pooling windows: 8 inputs per output). The lanes reaching a lane's output
+are known from its position, so each lane looks their inputs up in the (much smaller) input table and learns
+the first of them, its output's owner; owners are numbered with the same scan.
+
+A centred-symmetric (submanifold) map is filled with half the lookups: the site found at offset ``k`` of site
+``i`` also has ``i`` at the mirrored offset ``K-1-k``.
 
 A transposed conv whose kernel positions fall in distinct residues of the stride (``d*(k-1) < s``, no padding,
 every output inside the grid; e.g. 2x2x2 stride 2) sends every lane to its own output: the outputs are the lanes
@@ -123,6 +127,44 @@ def _map_kernel(nbr_ptr, mask_ptr, count_ptr, out_ptr, n_out, slots_ptr, shift, 
     tl.atomic_add(count_ptr, tl.sum(tl.sum((src >= 0).to(tl.int64), axis=1), axis=0))
 
 
+@fast_launch
+@triton.jit(do_not_specialize=["n", "shift", "hmask", "in0", "in1", "in2"])
+def _half_map_kernel(nbr_ptr, mask_ptr, count_ptr, coords_ptr, n, slots_ptr, shift, hmask, in0, in1, in2,
+                     K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
+                     D2: tl.constexpr, PACKED: tl.constexpr, ROWS: tl.constexpr, HP: tl.constexpr):
+    """A centred-symmetric (submanifold) map from half the lookups: site ``j`` found at offset ``k`` before the
+    centre of site ``i`` gives ``nbr[i, k] = j`` and its mirror ``nbr[j, K-1-k] = i``; ``nbr[i, centre] = i``.
+    ``nbr`` comes filled with -1 and the masks with 0 (both OR-ed in here); pairs are counted into ``count``."""
+    KV: tl.constexpr = K0 * K1 * K2
+    HALF: tl.constexpr = KV // 2
+    CENTRE: tl.constexpr = HALF if HALF < 62 else 62
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    live = rows < n
+    b = tl.load(coords_ptr + 4 * rows, mask=live, other=0)
+    x0 = tl.load(coords_ptr + 4 * rows + 1, mask=live, other=0)[:, None]
+    x1 = tl.load(coords_ptr + 4 * rows + 2, mask=live, other=0)[:, None]
+    x2 = tl.load(coords_ptr + 4 * rows + 3, mask=live, other=0)[:, None]
+    k = tl.arange(0, HP)
+    y0 = x0 + ((k // (K1 * K2)) - (K0 - 1) // 2)[None, :] * D0
+    y1 = x1 + (((k // K2) % K1) - (K1 - 1) // 2)[None, :] * D1
+    y2 = x2 + ((k % K2) - (K2 - 1) // 2)[None, :] * D2
+    valid = (live[:, None] & (k < HALF)[None, :] & (y0 >= 0) & (y0 < in0) & (y1 >= 0) & (y1 < in1) & (y2 >= 0)
+             & (y2 < in2))
+    j = find_keys(slots_ptr, pack_key(b[:, None], y0, y1, y2, in0, in1, in2), valid, shift, hmask, PACKED)
+    found = j >= 0
+    row64 = rows.to(tl.int64)
+    tl.store(nbr_ptr + row64[:, None] * KV + k[None, :], j.to(tl.int32), mask=live[:, None] & (k < HALF)[None, :])
+    tl.store(nbr_ptr + row64 * KV + HALF, rows, mask=live)
+    mirror = KV - 1 - k
+    tl.store(nbr_ptr + j * KV + mirror[None, :], (rows[:, None] + 0 * j).to(tl.int32), mask=found)
+    one = tl.full(j.shape, 1, tl.int64)
+    tl.atomic_or(mask_ptr + j, one << tl.minimum(mirror, 62).to(tl.int64)[None, :], mask=found)
+    centre = tl.full(rows.shape, 1, tl.int64) << CENTRE
+    tl.atomic_or(mask_ptr + rows, _row_bits(found, k, KV) | centre, mask=live)
+    pairs = 2 * tl.sum(tl.sum(found.to(tl.int64), axis=1), axis=0) + tl.sum(live.to(tl.int64), axis=0)
+    tl.atomic_add(count_ptr, pairs)
+
+
 _FIRST = tl.constexpr(2**62)  # a slot's value during discovery: _FIRST - (the smallest lane reaching it)
 
 
@@ -223,14 +265,16 @@ def _fill_lanes_kernel(coords_ptr, lane_slot_ptr, slots_ptr, nbr_ptr, count_ptr,
 @triton.jit
 def _store_moved(dst, src, k, mask, K1: tl.constexpr, K2: tl.constexpr, S0: tl.constexpr, S1: tl.constexpr,
                  S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, P0: tl.constexpr,
-                 P1: tl.constexpr, P2: tl.constexpr):
-    """Store at ``dst`` the site at ``src`` (batch, x0, x1, x2) moved by transposed kernel offset ``k``:
-    ``x*S + t*D - P`` per axis."""
+                 P1: tl.constexpr, P2: tl.constexpr, MULTIPLY: tl.constexpr):
+    """Store at ``dst`` the site at ``src`` (batch, x0, x1, x2) linked through kernel offset ``k`` (see
+    :func:`_relate`; the caller knows the link exists)."""
     tl.store(dst, tl.load(src, mask=mask, other=0), mask=mask)
-    tl.store(dst + 1, tl.load(src + 1, mask=mask, other=0) * S0 + (k // (K1 * K2) * D0 - P0).to(tl.int32),
-             mask=mask)
-    tl.store(dst + 2, tl.load(src + 2, mask=mask, other=0) * S1 + (k // K2 % K1 * D1 - P1).to(tl.int32), mask=mask)
-    tl.store(dst + 3, tl.load(src + 3, mask=mask, other=0) * S2 + (k % K2 * D2 - P2).to(tl.int32), mask=mask)
+    y0, _ = _relate(tl.load(src + 1, mask=mask, other=0), k // (K1 * K2), S0, D0, P0, 0, MULTIPLY)
+    y1, _ = _relate(tl.load(src + 2, mask=mask, other=0), k // K2 % K1, S1, D1, P1, 0, MULTIPLY)
+    y2, _ = _relate(tl.load(src + 3, mask=mask, other=0), k % K2, S2, D2, P2, 0, MULTIPLY)
+    tl.store(dst + 1, y0.to(tl.int32), mask=mask)
+    tl.store(dst + 2, y1.to(tl.int32), mask=mask)
+    tl.store(dst + 3, y2.to(tl.int32), mask=mask)
 
 
 @fast_launch
@@ -246,10 +290,34 @@ def _spread_kernel(coords_ptr, out_ptr, nbr_ptr, n, K0: tl.constexpr, K1: tl.con
     live = r < n * KV
     i = r // KV
     k = r - i * KV
-    _store_moved(out_ptr + r * 4, coords_ptr + i * 4, k, live, K1, K2, S0, S1, S2, D0, D1, D2, P0, P1, P2)
+    _store_moved(out_ptr + r * 4, coords_ptr + i * 4, k, live, K1, K2, S0, S1, S2, D0, D1, D2, P0, P1, P2, True)
     j = tl.arange(0, KP)
     pair = tl.where(j[None, :] == k[:, None], i[:, None].to(tl.int32), -1)
     tl.store(nbr_ptr + r[:, None] * KV + j[None, :], pair, mask=live[:, None] & (j < KV)[None, :])
+
+
+@triton.jit
+def _lane_position(lanes, coords_ptr, live, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
+                   S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
+                   D2: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, M0: tl.constexpr,
+                   M1: tl.constexpr, M2: tl.constexpr, MULTIPLY: tl.constexpr):
+    """Input row and kernel position ``(t0, t1, t2)`` of each lane of :func:`owned_map`: ``K`` lanes per row of
+    a transposed conv, one per row of a regular conv (its only usable position, ``>= K`` when none)."""
+    KV: tl.constexpr = K0 * K1 * K2
+    L: tl.constexpr = KV if MULTIPLY else 1
+    row = lanes // L
+    src = coords_ptr + 4 * row.to(tl.int64)
+    c0 = tl.load(src + 1, mask=live, other=0)
+    c1 = tl.load(src + 2, mask=live, other=0)
+    c2 = tl.load(src + 3, mask=live, other=0)
+    if MULTIPLY:
+        k = lanes % KV
+        t0, t1, t2 = k // (K1 * K2), (k // K2) % K1, k % K2
+    else:
+        t0 = _kernel_position(c0, 0, K0, S0, D0, P0, M0, False)
+        t1 = _kernel_position(c1, 0, K1, S1, D1, P1, M1, False)
+        t2 = _kernel_position(c2, 0, K2, S2, D2, P2, M2, False)
+    return row, src, c0, c1, c2, t0, t1, t2
 
 
 @fast_launch
@@ -258,47 +326,51 @@ def _owner_kernel(coords_ptr, n_lanes, slots_ptr, shift, hmask, owner_ptr, first
                   lim2, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S0: tl.constexpr, S1: tl.constexpr,
                   S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, P0: tl.constexpr,
                   P1: tl.constexpr, P2: tl.constexpr, M0: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr,
-                  B0: tl.constexpr, B1: tl.constexpr, B2: tl.constexpr, PACKED: tl.constexpr, BLOCK: tl.constexpr):
-    """``owner[lane]``: the smallest lane reaching the output of transposed lane ``(row, k)`` (``-1``: outside
-    the grid), and ``first[lane]`` = 1 where that is the lane itself.
+                  B0: tl.constexpr, B1: tl.constexpr, B2: tl.constexpr, MULTIPLY: tl.constexpr,
+                  PACKED: tl.constexpr, BLOCK: tl.constexpr):
+    """``owner[lane]``: the smallest lane reaching the output of lane ``(row, t)`` (``-1``: none inside the
+    grid), and ``first[lane]`` = 1 where that is the lane itself.
 
-    The other lanes reaching ``x*S + t*D - P`` are ``(x + (t - u)*D/S, u)`` for the positions ``u`` in ``t``'s
-    residue modulo ``M``; their inputs are looked up in the input table, and the smallest row wins.
+    Transposed, the other lanes reaching ``x*S + t*D - P`` are ``(x + (t - u)*D/S, u)`` for the positions ``u``
+    in ``t``'s residue modulo ``M`` (``B`` per axis); regular (one lane per input), they are ``(x + (u - t)*D,
+    u)`` for every position ``u``. Their inputs are looked up in the input table; the smallest lane wins.
     """
     KV: tl.constexpr = K0 * K1 * K2
+    L: tl.constexpr = KV if MULTIPLY else 1
+    N0: tl.constexpr = B0 if MULTIPLY else K0
+    N1: tl.constexpr = B1 if MULTIPLY else K1
+    N2: tl.constexpr = B2 if MULTIPLY else K2
     lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = lanes < n_lanes
-    row = lanes // KV
-    k = lanes % KV
-    t0 = k // (K1 * K2)
-    t1 = (k // K2) % K1
-    t2 = k % K2
-    src = coords_ptr + 4 * row.to(tl.int64)
+    row, src, c0, c1, c2, t0, t1, t2 = _lane_position(lanes, coords_ptr, live, K0, K1, K2, S0, S1, S2, D0, D1, D2,
+                                                      P0, P1, P2, M0, M1, M2, MULTIPLY)
     b = tl.load(src, mask=live, other=0)
-    c0 = tl.load(src + 1, mask=live, other=0)
-    c1 = tl.load(src + 2, mask=live, other=0)
-    c2 = tl.load(src + 3, mask=live, other=0)
-    _, ok0 = _relate(c0, t0, S0, D0, P0, lim0, True)
-    _, ok1 = _relate(c1, t1, S1, D1, P1, lim1, True)
-    _, ok2 = _relate(c2, t2, S2, D2, P2, lim2, True)
-    valid = live & ok0 & ok1 & ok2
-    best = row
-    best_k = k
-    for c in tl.static_range(B0 * B1 * B2):
-        u0 = t0 % M0 + (c // (B1 * B2)) * M0
-        u1 = t1 % M1 + (c // B2 % B1) * M1
-        u2 = t2 % M2 + (c % B2) * M2
-        x0 = c0 + (t0 - u0) * D0 // S0  # exact: M divides t - u
-        x1 = c1 + (t1 - u1) * D1 // S1
-        x2 = c2 + (t2 - u2) * D2 // S2
+    _, ok0 = _relate(c0, t0, S0, D0, P0, lim0, MULTIPLY)
+    _, ok1 = _relate(c1, t1, S1, D1, P1, lim1, MULTIPLY)
+    _, ok2 = _relate(c2, t2, S2, D2, P2, lim2, MULTIPLY)
+    valid = live & ok0 & ok1 & ok2 & (t0 < K0) & (t1 < K1) & (t2 < K2)
+    best = lanes
+    for c in tl.static_range(N0 * N1 * N2):
+        if MULTIPLY:
+            u0 = t0 % M0 + (c // (N1 * N2)) * M0
+            u1 = t1 % M1 + (c // N2 % N1) * M1
+            u2 = t2 % M2 + (c % N2) * M2
+            x0 = c0 + (t0 - u0) * D0 // S0  # exact: M divides t - u
+            x1 = c1 + (t1 - u1) * D1 // S1
+            x2 = c2 + (t2 - u2) * D2 // S2
+        else:
+            u0 = tl.zeros_like(t0) + c // (N1 * N2)
+            u1 = tl.zeros_like(t1) + c // N2 % N1
+            u2 = tl.zeros_like(t2) + c % N2
+            x0 = c0 + (u0 - t0) * D0
+            x1 = c1 + (u1 - t1) * D1
+            x2 = c2 + (u2 - t2) * D2
         other = valid & (u0 < K0) & (u1 < K1) & (u2 < K2) & ((u0 != t0) | (u1 != t1) | (u2 != t2)) & \
             (x0 >= 0) & (x0 < in0) & (x1 >= 0) & (x1 < in1) & (x2 >= 0) & (x2 < in2)
         r = find_keys(slots_ptr, pack_key(b, x0, x1, x2, in0, in1, in2), other, shift, hmask, PACKED)
-        r = r.to(tl.int32)
-        better = (r >= 0) & (r < best)
-        best = tl.where(better, r, best)
-        best_k = tl.where(better, (u0 * K1 + u1) * K2 + u2, best_k)
-    owner = tl.where(valid, best * KV + best_k, -1)
+        lane = r * L + ((u0 * K1 + u1) * K2 + u2 if MULTIPLY else 0)
+        best = tl.where((r >= 0) & (lane < best), lane, best).to(lanes.dtype)
+    owner = tl.where(valid, best, -1)
     tl.store(owner_ptr + lanes, owner, mask=live)
     tl.store(first_ptr + lanes, (owner == lanes).to(tl.int32), mask=live)
 
@@ -308,8 +380,9 @@ def _owner_kernel(coords_ptr, n_lanes, slots_ptr, shift, hmask, owner_ptr, first
 def _owned_fill_kernel(coords_ptr, owner_ptr, rank_ptr, nbr_ptr, out_ptr, count_ptr, n_lanes, K0: tl.constexpr,
                        K1: tl.constexpr, K2: tl.constexpr, S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
                        D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr,
-                       P2: tl.constexpr, BLOCK: tl.constexpr):
-    """``nbr[rank[owner] - 1, k] = row`` for every lane ``(row, k)`` inside the grid, the output coordinates
+                       P2: tl.constexpr, M0: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr,
+                       MULTIPLY: tl.constexpr, BLOCK: tl.constexpr):
+    """``nbr[rank[owner] - 1, t] = row`` for every lane ``(row, t)`` inside the grid, the output coordinates
     from its owner, and the pairs counted into ``count``."""
     KV: tl.constexpr = K0 * K1 * K2
     lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -317,11 +390,12 @@ def _owned_fill_kernel(coords_ptr, owner_ptr, rank_ptr, nbr_ptr, out_ptr, count_
     owner = tl.load(owner_ptr + lanes, mask=live, other=-1)
     hit = owner >= 0
     out = tl.load(rank_ptr + owner, mask=hit, other=1).to(tl.int64) - 1
-    row = lanes // KV
-    k = lanes % KV
+    row, src, _, _, _, t0, t1, t2 = _lane_position(lanes, coords_ptr, hit, K0, K1, K2, S0, S1, S2, D0, D1, D2,
+                                                   P0, P1, P2, M0, M1, M2, MULTIPLY)
+    k = (t0 * K1 + t1) * K2 + t2
     tl.store(nbr_ptr + out * KV + k, row, mask=hit)
-    _store_moved(out_ptr + 4 * out, coords_ptr + 4 * row.to(tl.int64), k, hit & (owner == lanes), K1, K2, S0, S1,
-                 S2, D0, D1, D2, P0, P1, P2)
+    _store_moved(out_ptr + 4 * out, src, k, hit & (owner == lanes), K1, K2, S0, S1, S2, D0, D1, D2, P0, P1, P2,
+                 MULTIPLY)
     tl.atomic_add(count_ptr, tl.sum(hit.to(tl.int64), axis=0))
 
 
@@ -441,6 +515,8 @@ def fill_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple,
     table = coord_table(src)
     kv = geom.kernel_volume
     n_out = out.num_points
+    if out is src and geom.centred_symmetric and not geom.transposed:
+        return _half_map(src, geom, table)
     nbr = torch.empty((n_out, kv), dtype=torch.int32, device=src.device)
     mask = torch.empty(n_out, dtype=torch.int64, device=src.device)
     count = torch.zeros(1, dtype=torch.int64, device=src.device)
@@ -450,6 +526,24 @@ def fill_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple,
             nbr, mask, count, out.coords.contiguous(), n_out, table.slots, *table.probe_args, *src.spatial_shape,
             *out_shape, **_geometry_args(geom), MULTIPLY=not geom.transposed, PACKED=table.packed, ROWS=rows, KP=kp,
             num_warps=MAP.warps)
+    return nbr, mask, count
+
+
+def _half_map(src: CoordSet, geom: ConvGeometry, table: HashTable
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`fill_map` of a centred-symmetric geometry onto ``src`` itself: half the offsets looked up, the
+    other half mirrored (:func:`_half_map_kernel`)."""
+    n, kv = src.num_points, geom.kernel_volume
+    nbr = torch.full((n, kv), -1, dtype=torch.int32, device=src.device)
+    zeros = torch.zeros(n + 1, dtype=torch.int64, device=src.device)  # the masks and the count: one fill
+    mask, count = zeros[:n], zeros[n:]
+    if n:
+        hp = pow2_at_least(kv // 2)
+        rows = max(1, MAP.lanes_on(src.device) // hp)
+        _half_map_kernel[(cdiv(n, rows),)](
+            nbr, mask, count, src.coords.contiguous(), n, table.slots, *table.probe_args, *src.spatial_shape,
+            K0=geom.kernel_size[0], K1=geom.kernel_size[1], K2=geom.kernel_size[2], D0=geom.dilation[0],
+            D1=geom.dilation[1], D2=geom.dilation[2], PACKED=table.packed, ROWS=rows, HP=hp, num_warps=MAP.warps)
     return nbr, mask, count
 
 
@@ -483,10 +577,22 @@ def spread_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[to
 OWNED_MAX_CANDIDATES = 8  # most lanes sharing one output for which owned_map beats discovery (7 lookups)
 
 
+def _owned_reach(geom: ConvGeometry) -> tuple[Triple, Triple, int]:
+    """``(M, B, lanes per input)`` of :func:`owned_map`: the residue periods and most positions per input site
+    of :func:`_residues`, and ``K`` for a transposed conv, 1 for a regular one."""
+    period, most = _residues(geom)
+    return period, most, geom.kernel_volume if geom.transposed else 1
+
+
 def owned_lanes(geom: ConvGeometry) -> bool:
-    """Whether transposed ``geom`` sends at most :data:`OWNED_MAX_CANDIDATES` lanes to one output (``ceil(k /
-    (s / gcd(s, d)))`` per axis, e.g. 8 for 3x3x3 stride 2), so that :func:`owned_map` applies."""
-    return geom.transposed and math.prod(_residues(geom)[1]) <= OWNED_MAX_CANDIDATES
+    """Whether ``geom`` sends at most :data:`OWNED_MAX_CANDIDATES` lanes to one output, so that
+    :func:`owned_map` applies: a transposed conv with ``ceil(k / (s / gcd(s, d)))`` positions per axis (e.g. 8
+    for 3x3x3 stride 2), or a regular conv whose inputs each reach one output (``k <= s / gcd(s, d)`` per axis,
+    e.g. 2x2x2 stride 2) with a kernel of at most that many positions."""
+    most = _residues(geom)[1]
+    if geom.transposed:
+        return math.prod(most) <= OWNED_MAX_CANDIDATES
+    return most == (1, 1, 1) and geom.kernel_volume <= OWNED_MAX_CANDIDATES
 
 
 def owned_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[torch.Tensor, torch.Tensor, CoordSet]:
@@ -497,30 +603,28 @@ def owned_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[tor
     host read is the output count. The output set builds its own table when something queries it."""
     require_runnable(src.device)
     key_radix(out_shape, src.batch_size)  # the output set's keys must fit (ValueError past 2**62)
-    kv = geom.kernel_volume
-    lanes = _check_lanes(src.num_points, kv)
+    period, most, per_site = _owned_reach(geom)
+    lanes = _check_lanes(src.num_points, per_site)
     dev = src.device
     count = torch.zeros(1, dtype=torch.int64, device=dev)
     m = 0
+    reach = dict(**_geometry_args(geom), M0=period[0], M1=period[1], M2=period[2], MULTIPLY=geom.transposed)
     if lanes:
         table = coord_table(src)
-        period, most = _residues(geom)
         owner = torch.empty(lanes, dtype=torch.int32, device=dev)
         first = torch.empty(lanes, dtype=torch.int32, device=dev)
         in_coords = src.coords.contiguous()
         block = DISCOVER.lanes_on(dev)
-        geometry = _geometry_args(geom)
         _owner_kernel[(cdiv(lanes, block),)](in_coords, lanes, table.slots, *table.probe_args, owner, first,
-                                             *src.spatial_shape, *out_shape, **geometry, M0=period[0],
-                                             M1=period[1], M2=period[2], B0=most[0], B1=most[1], B2=most[2],
-                                             PACKED=table.packed, BLOCK=block, num_warps=DISCOVER.warps)
+                                             *src.spatial_shape, *out_shape, **reach, B0=most[0], B1=most[1],
+                                             B2=most[2], PACKED=table.packed, BLOCK=block, num_warps=DISCOVER.warps)
         rank = torch.cumsum(first, 0, dtype=torch.int32)
         m = int(rank[-1])  # the one host read
     coords = torch.empty((m, 4), dtype=torch.int32, device=dev)
-    nbr = torch.full((m, kv), -1, dtype=torch.int32, device=dev)
+    nbr = torch.full((m, geom.kernel_volume), -1, dtype=torch.int32, device=dev)
     if m:
         block = ROWS.lanes_on(dev)
-        _owned_fill_kernel[(cdiv(lanes, block),)](in_coords, owner, rank, nbr, coords, count, lanes, **geometry,
+        _owned_fill_kernel[(cdiv(lanes, block),)](in_coords, owner, rank, nbr, coords, count, lanes, **reach,
                                                   BLOCK=block, num_warps=ROWS.warps)
     return nbr, count, CoordSet(coords, out_shape, src.batch_size)
 
