@@ -184,6 +184,41 @@ def test_points_new_to_a_signature_get_a_first_round_after_another_mode_tuned_it
     assert status.count("ok") == 1 + search.ROUND_POINTS and status.count("skipped") == 10 - 1 - search.ROUND_POINTS
 
 
+def test_compile_jobs_run_on_the_compile_threads_before_timing(monkeypatch):
+    """An algorithm that names its kernels' compiles (``compile_jobs``, as the CuPy ones do) has those of its
+    first candidates (two rounds of the compile threads) run on a thread pool before its points run; a failing
+    job leaves tuning to the checked runs."""
+    jobs = Fake("cupy_implicit_gemm", space={"tile": tuple(range(6))})
+    use_registry(monkeypatch, jobs)
+    monkeypatch.setattr(search, "compiled_on", lambda device: True)
+    monkeypatch.setenv("WARPCONVNET_COMPILE_WORKERS", "2")
+    monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "inf")
+    events: list[tuple[str, object]] = []
+
+    def compile_jobs(sig, params):
+        def job():
+            events.append(("compile", params["tile"], threading.current_thread().name))
+            if params["tile"] == 1:
+                raise RuntimeError("this kernel does not compile")
+        return [job]
+
+    monkeypatch.setattr(jobs, "compile_jobs", compile_jobs, raising=False)
+    original = Fake.run
+
+    def tracking(self, *args):
+        events.append(("run",))
+        return original(self, *args)
+
+    monkeypatch.setattr(Fake, "run", tracking)
+    kmap = random_map()
+    a, b = operands(Op.CONV_FWD, kmap)
+    torch.testing.assert_close(dispatch(Op.CONV_FWD, a, b, kmap), truth(Op.CONV_FWD, a, b, kmap))
+    compiled = [e for e in events if e[0] == "compile"]
+    assert len(compiled) == 4 and all(e[2].startswith("warpsparse-compile-jobs") for e in compiled)
+    assert events[:4] == compiled, "every job ran before the first checked run"
+    assert [c.status for c in _entry().candidates].count("ok") == 6
+
+
 def test_compiling_algorithms_precompile_their_first_points_side_by_side(monkeypatch):
     """Before timing, the points of algorithms that compile per point run once inside ``precompiling`` (at most
     two rounds of the compile threads); every point is still checked and timed after."""

@@ -152,6 +152,11 @@ class Algorithm(ABC):
         """Optional relative cost estimate used to prune hopeless points (lower is better)."""
         return None
 
+    def compile_jobs(self, sig: Signature, params: Params) -> list[Callable[[], object]]:
+        """Calls that each compile (without running) a kernel a run at ``params`` needs and that can run on
+        other threads side by side (default: none; compiled at the first run)."""
+        return []
+
     def setup_ms(self, sig: Signature, params: Params) -> float:
         """Host time (ms) a fresh kernel map costs this point for layouts no forward pass builds anyway; the
         tuner adds it to the measured time, since maps are rebuilt for every new input."""

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -167,20 +168,31 @@ class _Session:
         return lambda: cand.algorithm.run(op, params, a, b, kmap)
 
     def precompile(self, cands: list[Candidate]) -> None:
-        """Compile the kernels of the first candidates that compile per point side by side, so that their
-        checked runs only load them (CUDA; as many as two rounds of the compile threads). The time is not
-        charged to the budget."""
+        """Compile the kernels of the first candidates side by side, so that their checked runs only load them
+        (CUDA; of each kind as many candidates as two rounds of the compile threads): points of algorithms that
+        compile per point run inside :func:`precompiling`, while the :meth:`Algorithm.compile_jobs` of the
+        others run on a thread pool beside them. The time is not charged to the budget."""
         workers = compile_workers()
-        todo = [c for c in cands if c.algorithm.precompiles][:2 * workers]
-        if not compiled_on(self.device) or workers < 2 or len(todo) < 2:
+        if not compiled_on(self.device) or workers < 2:
+            return
+        points = [c for c in cands if c.algorithm.precompiles][:2 * workers]
+        jobs = [job for c in [c for c in cands if not c.algorithm.precompiles][:2 * workers]
+                for job in c.algorithm.compile_jobs(self.sig, c.params)]
+        if len(points) < 2 and len(jobs) < 2:
             return
         started = time.perf_counter()
-        with precompiling(workers):
-            for cand in todo:
-                try:
-                    self._call(cand)()
-                except Exception:  # noqa: BLE001 - the candidate's checked run reports its own failure
-                    log.debug("precompiling %s failed", cand.label, exc_info=True)
+        with ThreadPoolExecutor(workers, thread_name_prefix="warpsparse-compile-jobs") as pool:
+            pending = [pool.submit(job) for job in jobs]
+            if len(points) >= 2:
+                with precompiling(workers):
+                    for cand in points:
+                        try:
+                            self._call(cand)()
+                        except Exception:  # noqa: BLE001 - the candidate's checked run reports its own failure
+                            log.debug("precompiling %s failed", cand.label, exc_info=True)
+            for done in pending:
+                if done.exception() is not None:  # the run that needs the kernel reports the failure
+                    log.debug("a compile job failed", exc_info=done.exception())
         self.start += time.perf_counter() - started
 
     def _sync(self) -> None:

@@ -1,9 +1,10 @@
 """What the CuPy algorithms share: when they apply, the once-per-call checks, the split-k reduction."""
 from __future__ import annotations
 
+import functools
 import math
 from abc import abstractmethod
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -95,9 +96,20 @@ class CupyAlgorithm(Algorithm):
         """Sort key choosing the untuned default point (lowest first)."""
 
     @abstractmethod
+    def point_instantiations(self, sig: Signature, params: Params) -> list[Instantiation]:
+        """The kernels a run of ``sig`` at ``params`` launches, for aligned tensors."""
+
     def instantiations(self, sig: Signature) -> list[Instantiation]:
         """Every kernel the points of ``sig`` can select for aligned tensors (to compile ahead, e.g. with
         :func:`runtime.precompile`)."""
+        return list(dict.fromkeys(k for p in self.points(sig) for k in self.point_instantiations(sig, p)))
+
+    def compile_jobs(self, sig: Signature, params: Params) -> list[Callable[[], object]]:
+        if runtime.unavailable_reason() is not None:
+            return []
+        device = torch.cuda.current_device()
+        return [functools.partial(runtime.function, k.family, k.name, device, k.dynamic_smem)
+                for k in self.point_instantiations(sig, params)]
 
     @abstractmethod
     def compute(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> torch.Tensor:

@@ -79,13 +79,11 @@ class CupyImplicit(CupyAlgorithm):
     def setup_ms(self, sig: Signature, params: Params) -> float:
         return PAIR_LIST_MS if sig.op == Op.DW_WGRAD else 0.0  # the weight gradient walks the pair list
 
-    def instantiations(self, sig: Signature) -> list[Instantiation]:
-        wgrad = sig.op == Op.DW_WGRAD
-        points = self.points(sig)
-        found = [Instantiation("depthwise", kernel_for(wgrad, p, sig.dtype, sig.c_in).name) for p in points]
-        if any(p.get("split", 1) > 1 for p in points):
+    def point_instantiations(self, sig: Signature, params: Params) -> list[Instantiation]:
+        found = [Instantiation("depthwise", kernel_for(sig.op == Op.DW_WGRAD, params, sig.dtype, sig.c_in).name)]
+        if params.get("split", 1) > 1:
             found.append(Instantiation("common", sum_splits_name(DT_CODE[sig.dtype])))
-        return list(dict.fromkeys(found))
+        return found
 
     def compute(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
         if op == Op.DW_FWD:

@@ -102,16 +102,13 @@ class CupyImplicitGemm(CupyAlgorithm):
             return PAIR_LIST_MS  # the weight gradient walks the pair list
         return MASK_SORT_MS if params.get("sorted", True) else 0.0
 
-    def instantiations(self, sig: Signature) -> list[Instantiation]:
-        wgrad = sig.op == Op.CONV_WGRAD
+    def point_instantiations(self, sig: Signature, params: Params) -> list[Instantiation]:
         c_a, c_b = (sig.c_out, sig.c_in) if sig.op == Op.CONV_DGRAD else (sig.c_in, sig.c_out)
-        found = []
-        for p in self.points(sig):
-            k = kernel_for(wgrad, p, sig.dtype, c_a, c_b)
-            found.append(Instantiation("gemm", k.name, k.dynamic_smem))
-            if p.get("split", 1) > 1:
-                found.append(Instantiation("common", sum_splits_name(DT_CODE[sig.dtype])))
-        return list(dict.fromkeys(found))
+        k = kernel_for(sig.op == Op.CONV_WGRAD, params, sig.dtype, c_a, c_b)
+        found = [Instantiation("gemm", k.name, k.dynamic_smem)]
+        if params.get("split", 1) > 1:
+            found.append(Instantiation("common", sum_splits_name(DT_CODE[sig.dtype])))
+        return found
 
     def compute(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
         if op == Op.CONV_FWD:

@@ -28,6 +28,7 @@ _DEFAULT_SMEM = 48 * 1024
 _cupy: Any = None
 _cupy_error: str | None = None
 _functions: dict[tuple[str, int], Any] = {}
+_compiling: dict[tuple[str, int], threading.Lock] = {}  # one lock per kernel being compiled
 
 
 def unavailable_reason() -> str | None:
@@ -79,11 +80,15 @@ def _device_info(index: int) -> DeviceInfo:
 
 
 def function(family: str, name: str, device: int, dynamic_smem: int = 0) -> Any:
-    """The compiled kernel ``name`` (a C++ name expression) of ``family`` on ``device``; compiled on first use."""
+    """The compiled kernel ``name`` (a C++ name expression) of ``family`` on ``device``; compiled on first use,
+    once even when several threads ask for it at the same time."""
     key = (name, device)
     fn = _functions.get(key)
     if fn is None:
-        fn = _functions[key] = _compile(family, name, device, dynamic_smem)
+        with _compiling.setdefault(key, threading.Lock()):  # dict.setdefault is atomic under the GIL
+            fn = _functions.get(key)
+            if fn is None:
+                fn = _functions[key] = _compile(family, name, device, dynamic_smem)
     return fn
 
 
