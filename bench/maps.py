@@ -131,7 +131,8 @@ def measure(voxel: float) -> list[dict[str, Any]]:
     for name, src, geom, out_shape, subm in cases(level):
         kmap, out = build_kernel_map(src, geom, out_shape, src if subm else None, builder="triton")
         ref, ref_out = build_kernel_map(src, geom, out_shape, src if subm else None, builder="torch")
-        same = torch.equal(kmap.nbr, ref.nbr) and torch.equal(out.coords, ref_out.coords)
+        same = all(torch.equal(x, y) for x, y in
+                   ((kmap.nbr, ref.nbr), (kmap.mask, ref.mask), (out.coords, ref_out.coords)))
         row: dict[str, Any] = dict(voxel=voxel, case=name, n_in=src.num_points, n_out=out.num_points,
                                    pairs=kmap.num_pairs, equal_to_torch=same)
         timers = {"triton": triton_build(src, geom, out_shape, subm, sort=False),
@@ -159,7 +160,7 @@ def measure(voxel: float) -> list[dict[str, Any]]:
 
 def sweep() -> dict[str, Any]:
     """Pick launch settings one kernel family at a time on the 0.1 m scan, keeping the fastest of each: table
-    inserts (coordinate-table build); the map kernel with the table load (subm 3x3x3 build with its table, and
+    inserts (coordinate-table build); the map kernels with the table load (subm 3x3x3 build with its table, and
     the transposed 3x3x3/2 map onto given outputs, scored relative to the first setting); the discovery
     (conv 3x3x3/2 build). Returns every timing and the choice."""
     level = voxelize(0.1)

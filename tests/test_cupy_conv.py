@@ -8,6 +8,8 @@ caching allocator right before each call), so rows a kernel never writes fail th
 from __future__ import annotations
 
 import functools
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +123,23 @@ def test_ordered_reductions_keep_their_workspace_within_the_limit():
         assert all(p["reduce"] == "ordered" for p in strict)
     finally:
         torch.use_deterministic_algorithms(previous)
+
+
+def test_runtime_compiles_a_kernel_once_under_concurrent_requests(monkeypatch):
+    """Threads asking for the same kernel at once get one compile and the same function."""
+    compiled: list[str] = []
+
+    def slow_compile(family: str, name: str, device: int, dynamic_smem: int) -> object:
+        time.sleep(0.05)
+        compiled.append(name)
+        return object()
+
+    monkeypatch.setattr(runtime, "_compile", slow_compile)
+    monkeypatch.setattr(runtime, "_functions", {})
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: runtime.function("gemm", f"k{i % 2}", 0), range(16)))
+    assert sorted(compiled) == ["k0", "k1"]
+    assert len({id(f) for f in got[0::2]}) == 1 and len({id(f) for f in got[1::2]}) == 1 and got[0] is not got[1]
 
 
 # ---------------------------------------------------------------- GPU helpers
@@ -264,15 +283,31 @@ def test_conv_on_the_scan(dtype, c):
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("op", CONV + DEPTHWISE)
-def test_every_parameter_point(op, dtype):
-    """Each point of a mid-size signature's space (a sample of it for the large spaces) is correct."""
+def test_every_parameter_point(op, dtype, monkeypatch):
+    """Each point of a mid-size signature's space (a sample of it for the large spaces) is correct, and loads
+    exactly the kernels its ``point_instantiations`` (hence its ``compile_jobs``) name."""
     kmap = _maps(_random_set(4000, 20.0))["subm"]
     c_in, c_out = (64, 64) if op.depthwise else (64, 48)
     a, b = _operands(op, kmap, c_in, c_out, dtype)
     algo = registry.get(DW if op.depthwise else GEMM)
-    points = list(algo.param_space(Signature.of(op, a, b, kmap)).points())
+    sig = Signature.of(op, a, b, kmap)
+    points = list(algo.param_space(sig).points())
+    loaded: list[tuple[str, str, int]] = []
+    real = runtime.function
+
+    def spy(family: str, name: str, device: int, *rest: int) -> Any:
+        loaded.append((family, name, device))
+        return real(family, name, device, *rest)
+
+    monkeypatch.setattr(runtime, "function", spy)
     for params in points[:: max(1, len(points) // 12)]:
+        loaded.clear()
         _check(op, kmap, c_in, c_out, dtype, params)
+        named = {(k.family, k.name) for k in algo.point_instantiations(sig, params)}
+        assert {(f, n) for f, n, _ in loaded} == named, params
+        jobs = algo.compile_jobs(sig, params)
+        assert {(j.args[0], j.args[1]) for j in jobs} == named
+        assert {j.args[2] for j in jobs} == {d for _, _, d in loaded} == {torch.cuda.current_device()}
 
 
 @pytest.mark.gpu
@@ -336,3 +371,4 @@ def test_cache_hit_host_time_is_small():
     torch.cuda.synchronize()
     print(f"cupy_implicit_gemm cache-hit host time: {host_us:.1f} us per call")
     assert host_us < 200
+

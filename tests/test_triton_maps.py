@@ -153,14 +153,37 @@ def test_submanifold_equals_torch_and_oracle(kernel, dilation, batch: int) -> No
     assert CACHE_KEY in src.cache
 
 
-def test_submanifold_maps_look_up_half_the_offsets(monkeypatch) -> None:
-    """A symmetric map is filled by the half-lookup kernel (mirrored writes), never by the full map kernel."""
+def _refuse(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``triton_maps.<kernel>`` fail when launched."""
     def refuse(*args, **kwargs):
-        raise AssertionError("the full map kernel ran for a symmetric map")
-    monkeypatch.setattr(triton_maps, "_map_kernel", type("Refuse", (), {"__getitem__": lambda self, grid: refuse})())
-    geom = submanifold_geometry((3, 3, 3), (1, 1, 1))
-    src = random_set(300, (6, 6, 6), 2)
+        raise AssertionError(f"{kernel} ran")
+    monkeypatch.setattr(triton_maps, kernel, type("Refuse", (), {"__getitem__": lambda self, grid: refuse})())
+
+
+@pytest.mark.parametrize("kernel,half", [(3, True), ((1, 3, 5), True), (5, True), (1, False), (7, False)])
+def test_submanifold_maps_look_up_half_the_offsets(kernel, half: bool, monkeypatch) -> None:
+    """A symmetric map of 3 to 125 offsets is filled by the half-lookup kernel (mirrored writes), never by the
+    full map kernel; 1x1x1 and larger kernels take the full map kernel."""
+    geom = submanifold_geometry(_t(kernel), (1, 1, 1))
+    assert triton_maps.half_mapped(geom) == half
+    _refuse("_map_kernel" if half else "_half_map_kernel", monkeypatch)
+    src = random_set(300 if half else 60, (6, 6, 6), 2)
     check_same(*both_builders(src, geom, src.spatial_shape, src, "subm"))
+
+
+def test_half_maps_onto_a_smaller_output_grid_take_the_full_kernel(monkeypatch) -> None:
+    """Sites of ``src`` outside a given output grid get no inputs: the half kernel (which maps every site of
+    ``src``) is not used; the map equals the full kernel's onto a copy of the sites."""
+    geom = submanifold_geometry((3, 3, 3), (1, 1, 1))
+    src = random_set(200, (6, 6, 6), 2)
+    small = (5, 6, 4)
+    copy = CoordSet(src.coords.clone(), src.spatial_shape, src.batch_size)
+    want = triton_maps.fill_map(src, geom, small, copy)
+    _refuse("_half_map_kernel", monkeypatch)
+    got = triton_maps.fill_map(src, geom, small, src)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    outside = (src.coords[:, 1:] >= torch.tensor(small, device=src.device)).any(1)
+    assert bool(outside.any()) and bool((got[0][outside] == -1).all())
 
 
 @pytest.mark.parametrize("geom,batch", _strided_cases(transposed=False))
@@ -416,6 +439,7 @@ def test_layouts_row_mask_reverse_sorted_and_pairs(kernel: tuple[int, int, int])
     assert torch.equal(order, torch.argsort(km.mask, stable=True))
     assert torch.equal(km.sorted_nbr, km.nbr[order])
     p = km.pairs
+    assert "counts" not in p.__dict__, "the host counts are read only when asked for"
     assert p.counts == tuple((km.nbr >= 0).sum(0).tolist()) and int(p.bounds[-1]) == sum(p.counts)
     assert bool((km.nbr[p.out_idx, p.offset_of_pair] == p.in_idx).all())
     assert bool((p.offset_of_pair[1:] >= p.offset_of_pair[:-1]).all())
@@ -464,7 +488,22 @@ def test_scan_maps_equal_torch_on_gpu(voxel: float, batch: int) -> None:
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("kernel", [1, 3, 5, 7, 9])
+def test_scan_submanifold_maps_of_every_size_equal_the_full_kernel_on_gpu(kernel: int) -> None:
+    """Onto its own sites (half kernel where it applies) and onto a copy of them (full map kernel): equal."""
+    src = scan_coords(0.1)
+    geom = submanifold_geometry(_t(kernel), (1, 1, 1))
+    nbr, mask, count = triton_maps.fill_map(src, geom, src.spatial_shape, src)
+    want = triton_maps.fill_map(src, geom, src.spatial_shape, fresh(src))
+    assert torch.equal(nbr, want[0]) and torch.equal(mask, want[1]) and torch.equal(count, want[2])
+    assert int(count) == int((nbr >= 0).sum()) and torch.equal(mask.cpu(), mask_oracle(nbr))
+
+
+@pytest.mark.gpu
+@gpu
 def test_submanifold_build_never_syncs_and_strided_syncs_once() -> None:
+    """Subm maps and their layouts build without host reads; discovered and owned maps read their output
+    count once; a map's pair lists need no read beyond its pair count."""
     src = scan_coords(0.1)
     subm = submanifold_geometry((3, 3, 3), (1, 1, 1))
     down = ConvGeometry((3, 3, 3), (2, 2, 2), (1, 1, 1))
@@ -502,3 +541,9 @@ def test_submanifold_build_never_syncs_and_strided_syncs_once() -> None:
         assert len(syncs) == 1, [str(w.message) for w in syncs]
         assert out.num_points == km2.num_out
     assert km.num_out == src.num_points
+    assert km.num_pairs > 0  # the map's one host read: its pair lists (CuPy weight gradients) need no other
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        km.pairs, km.reversed().pairs
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

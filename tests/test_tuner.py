@@ -1,4 +1,5 @@
 """The tuner: candidate selection on a fake registry, correctness checks, budget, pruning, reuse, hot path."""
+import functools
 import logging
 import threading
 
@@ -186,21 +187,27 @@ def test_points_new_to_a_signature_get_a_first_round_after_another_mode_tuned_it
 
 def test_compile_jobs_run_on_the_compile_threads_before_timing(monkeypatch):
     """An algorithm that names its kernels' compiles (``compile_jobs``, as the CuPy ones do) has those of its
-    first candidates (two rounds of the compile threads) run on a thread pool before its points run; a failing
-    job leaves tuning to the checked runs."""
-    jobs = Fake("cupy_implicit_gemm", space={"tile": tuple(range(6))})
+    first candidates that name any (two rounds of the compile threads) run once each on a thread pool before its
+    points run; a job that fails, or a candidate whose jobs cannot be listed, leaves tuning to the checked runs."""
+    jobs = Fake("cupy_implicit_gemm", space={"tile": tuple(range(8))})
     use_registry(monkeypatch, jobs)
     monkeypatch.setattr(search, "compiled_on", lambda device: True)
     monkeypatch.setenv("WARPCONVNET_COMPILE_WORKERS", "2")
     monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "inf")
-    events: list[tuple[str, object]] = []
+    events: list[tuple[str, ...]] = []
+
+    def compile_kernel(name: object) -> None:
+        events.append(("compile", name, threading.current_thread().name))
+        if name == 1:
+            raise RuntimeError("this kernel does not compile")
 
     def compile_jobs(sig, params):
-        def job():
-            events.append(("compile", params["tile"], threading.current_thread().name))
-            if params["tile"] == 1:
-                raise RuntimeError("this kernel does not compile")
-        return [job]
+        tile = params["tile"]
+        if tile == 2:
+            raise ValueError("no kernel fits this point")
+        if tile == 0:
+            return []
+        return [functools.partial(compile_kernel, "shared" if tile in (3, 4) else tile)]
 
     monkeypatch.setattr(jobs, "compile_jobs", compile_jobs, raising=False)
     original = Fake.run
@@ -214,9 +221,10 @@ def test_compile_jobs_run_on_the_compile_threads_before_timing(monkeypatch):
     a, b = operands(Op.CONV_FWD, kmap)
     torch.testing.assert_close(dispatch(Op.CONV_FWD, a, b, kmap), truth(Op.CONV_FWD, a, b, kmap))
     compiled = [e for e in events if e[0] == "compile"]
-    assert len(compiled) == 4 and all(e[2].startswith("warpsparse-compile-jobs") for e in compiled)
-    assert events[:4] == compiled, "every job ran before the first checked run"
-    assert [c.status for c in _entry().candidates].count("ok") == 6
+    assert sorted(str(e[1]) for e in compiled) == ["1", "5", "shared"], "tiles 1, 3, 4, 5 name jobs; 3 and 4 one"
+    assert all(e[2].startswith("warpsparse-compile-jobs") for e in compiled)
+    assert events[:3] == compiled, "every job ran before the first checked run"
+    assert [c.status for c in _entry().candidates].count("ok") == 8
 
 
 def test_compiling_algorithms_precompile_their_first_points_side_by_side(monkeypatch):

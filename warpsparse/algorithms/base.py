@@ -153,8 +153,9 @@ class Algorithm(ABC):
         return None
 
     def compile_jobs(self, sig: Signature, params: Params) -> list[Callable[[], object]]:
-        """Calls that each compile (without running) a kernel a run at ``params`` needs and that can run on
-        other threads side by side (default: none; compiled at the first run)."""
+        """Calls that each compile (without running) a kernel a run at ``params`` needs on the current device
+        and that can run on other threads side by side (default: none; compiled at the first run). Jobs that are
+        equal :class:`functools.partial` objects are run once."""
         return []
 
     def setup_ms(self, sig: Signature, params: Params) -> float:

@@ -13,15 +13,19 @@ Triple = tuple[int, int, int]
 class PairList:
     """Pairs of a map grouped by offset (CSR by offset).
 
-    ``in_idx[bounds[k]:bounds[k+1]]`` feed ``out_idx[...]`` through offset ``k``; ``counts`` is the host copy
-    of the per-offset pair counts (read once per map), ``offset_of_pair`` the offset of every pair.
+    ``in_idx[bounds[k]:bounds[k+1]]`` feed ``out_idx[...]`` through offset ``k``; ``offset_of_pair`` is the
+    offset of every pair. The device tensors are built without host reads; :attr:`counts` reads the bounds.
     """
 
     in_idx: torch.Tensor  # [P] int64
     out_idx: torch.Tensor  # [P] int64
     offset_of_pair: torch.Tensor  # [P] int64
     bounds: torch.Tensor  # [K+1] int64 on the map's device
-    counts: tuple[int, ...]  # K host ints
+
+    @cached_property
+    def counts(self) -> tuple[int, ...]:
+        """The per-offset pair counts on the host (one host read, on first use)."""
+        return tuple(torch.diff(self.bounds).tolist())
 
 
 def _nonzero(valid: torch.Tensor, count: int) -> torch.Tensor:
@@ -46,8 +50,7 @@ class KernelMap:
     whose reverse is the forward table with offsets mirrored (submanifold maps with centred kernels).
     A builder that computed the row masks or the pair count on the way passes them as ``_mask`` and
     ``_pair_count`` (a device tensor, or an int when the host knows it: then reading it costs no sync). On CUDA
-    the layouts are built by Triton kernels without host reads (except :attr:`pairs`, which reads its counts
-    once).
+    the layouts are built by Triton kernels without host reads beyond :attr:`num_pairs`.
     """
 
     nbr: torch.Tensor
@@ -82,22 +85,20 @@ class KernelMap:
 
     @cached_property
     def pairs(self) -> PairList:
-        """Per-offset pair lists (reads the counts to the host once)."""
+        """Per-offset pair lists (no host read beyond :attr:`num_pairs`)."""
         k = self.kernel_volume
         # offset-major order: transpose so pairs of one offset are contiguous
         valid_t = (self.nbr >= 0).t()  # [K, N_out]
-        counts_dev = valid_t.sum(dim=1)
         bounds = torch.zeros(k + 1, dtype=torch.int64, device=self.device)
-        torch.cumsum(counts_dev, 0, out=bounds[1:])
-        counts = tuple(int(c) for c in counts_dev.tolist())  # the one host read
-        where = _nonzero(valid_t, sum(counts))
+        torch.cumsum(valid_t.sum(dim=1), 0, out=bounds[1:])
+        where = _nonzero(valid_t, self.num_pairs)
         offset_of_pair, out_idx = where[:, 0].contiguous(), where[:, 1].contiguous()
         in_idx = self.nbr.t()[offset_of_pair, out_idx].long()
-        return PairList(in_idx, out_idx, offset_of_pair, bounds, counts)
+        return PairList(in_idx, out_idx, offset_of_pair, bounds)
 
     @cached_property
     def num_pairs(self) -> int:
-        """Total pairs (one host read per map, shared with :attr:`pairs` when built)."""
+        """Total pairs (one host read per map, none when the builder knew the count on the host)."""
         if "pairs" in self.__dict__:
             return int(self.pairs.in_idx.numel())
         if self._pair_count is not None:

@@ -140,10 +140,11 @@ def _half_map_kernel(nbr_ptr, mask_ptr, count_ptr, coords_ptr, n, slots_ptr, shi
     CENTRE: tl.constexpr = HALF if HALF < 62 else 62
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     live = rows < n
-    b = tl.load(coords_ptr + 4 * rows, mask=live, other=0)
-    x0 = tl.load(coords_ptr + 4 * rows + 1, mask=live, other=0)[:, None]
-    x1 = tl.load(coords_ptr + 4 * rows + 2, mask=live, other=0)[:, None]
-    x2 = tl.load(coords_ptr + 4 * rows + 3, mask=live, other=0)[:, None]
+    row64 = rows.to(tl.int64)
+    b = tl.load(coords_ptr + 4 * row64, mask=live, other=0)
+    x0 = tl.load(coords_ptr + 4 * row64 + 1, mask=live, other=0)[:, None]
+    x1 = tl.load(coords_ptr + 4 * row64 + 2, mask=live, other=0)[:, None]
+    x2 = tl.load(coords_ptr + 4 * row64 + 3, mask=live, other=0)[:, None]
     k = tl.arange(0, HP)
     y0 = x0 + ((k // (K1 * K2)) - (K0 - 1) // 2)[None, :] * D0
     y1 = x1 + (((k // K2) % K1) - (K1 - 1) // 2)[None, :] * D1
@@ -152,13 +153,13 @@ def _half_map_kernel(nbr_ptr, mask_ptr, count_ptr, coords_ptr, n, slots_ptr, shi
              & (y2 < in2))
     j = find_keys(slots_ptr, pack_key(b[:, None], y0, y1, y2, in0, in1, in2), valid, shift, hmask, PACKED)
     found = j >= 0
-    row64 = rows.to(tl.int64)
+    j64 = j.to(tl.int64)
     tl.store(nbr_ptr + row64[:, None] * KV + k[None, :], j.to(tl.int32), mask=live[:, None] & (k < HALF)[None, :])
     tl.store(nbr_ptr + row64 * KV + HALF, rows, mask=live)
     mirror = KV - 1 - k
-    tl.store(nbr_ptr + j * KV + mirror[None, :], (rows[:, None] + 0 * j).to(tl.int32), mask=found)
+    tl.store(nbr_ptr + j64 * KV + mirror[None, :], (rows[:, None] + 0 * j).to(tl.int32), mask=found)
     one = tl.full(j.shape, 1, tl.int64)
-    tl.atomic_or(mask_ptr + j, one << tl.minimum(mirror, 62).to(tl.int64)[None, :], mask=found)
+    tl.atomic_or(mask_ptr + j64, one << tl.minimum(mirror, 62).to(tl.int64)[None, :], mask=found)
     centre = tl.full(rows.shape, 1, tl.int64) << CENTRE
     tl.atomic_or(mask_ptr + rows, _row_bits(found, k, KV) | centre, mask=live)
     pairs = 2 * tl.sum(tl.sum(found.to(tl.int64), axis=1), axis=0) + tl.sum(live.to(tl.int64), axis=0)
@@ -515,7 +516,7 @@ def fill_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple,
     table = coord_table(src)
     kv = geom.kernel_volume
     n_out = out.num_points
-    if out is src and geom.centred_symmetric and not geom.transposed:
+    if out is src and half_mapped(geom) and tuple(out_shape) == tuple(src.spatial_shape):
         return _half_map(src, geom, table)
     nbr = torch.empty((n_out, kv), dtype=torch.int32, device=src.device)
     mask = torch.empty(n_out, dtype=torch.int64, device=src.device)
@@ -527,6 +528,15 @@ def fill_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple,
             *out_shape, **_geometry_args(geom), MULTIPLY=not geom.transposed, PACKED=table.packed, ROWS=rows, KP=kp,
             num_warps=MAP.warps)
     return nbr, mask, count
+
+
+HALF_MAP_MAX_OFFSETS = 125  # larger kernels (one output row per program of the half kernel) take the full kernel
+
+
+def half_mapped(geom: ConvGeometry) -> bool:
+    """Whether :func:`fill_map` builds ``geom``'s map onto its own sites from half the lookups: a centred-symmetric
+    regular geometry of 3 to :data:`HALF_MAP_MAX_OFFSETS` offsets."""
+    return geom.centred_symmetric and not geom.transposed and 1 < geom.kernel_volume <= HALF_MAP_MAX_OFFSETS
 
 
 def _half_map(src: CoordSet, geom: ConvGeometry, table: HashTable
@@ -587,7 +597,7 @@ def _owned_reach(geom: ConvGeometry) -> tuple[Triple, Triple, int]:
 def owned_lanes(geom: ConvGeometry) -> bool:
     """Whether ``geom`` sends at most :data:`OWNED_MAX_CANDIDATES` lanes to one output, so that
     :func:`owned_map` applies: a transposed conv with ``ceil(k / (s / gcd(s, d)))`` positions per axis (e.g. 8
-    for 3x3x3 stride 2), or a regular conv whose inputs each reach one output (``k <= s / gcd(s, d)`` per axis,
+    for 3x3x3 stride 2), or a regular conv whose inputs each reach at most one output (``k <= s / gcd(s, d)`` per axis,
     e.g. 2x2x2 stride 2) with a kernel of at most that many positions."""
     most = _residues(geom)[1]
     if geom.transposed:

@@ -13,6 +13,8 @@ points per signature, and the next run continues the search within the budget.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import os
@@ -63,6 +65,13 @@ def tune_budget_ms() -> float:
         raise ValueError(f"{BUDGET_ENV}={raw!r}: expected a positive number of milliseconds "
                          "(e.g. 2000, or inf for no limit)")
     return value
+
+
+def _job_key(job: Callable[[], object]) -> object:
+    """What makes two compile jobs the same: a :class:`functools.partial`'s function and arguments, else the job."""
+    if isinstance(job, functools.partial):
+        return job.func, job.args, tuple(sorted(job.keywords.items()))
+    return job
 
 
 def compile_workers() -> int:
@@ -176,8 +185,7 @@ class _Session:
         if not compiled_on(self.device) or workers < 2:
             return
         points = [c for c in cands if c.algorithm.precompiles][:2 * workers]
-        jobs = [job for c in [c for c in cands if not c.algorithm.precompiles][:2 * workers]
-                for job in c.algorithm.compile_jobs(self.sig, c.params)]
+        jobs = self._compile_jobs(cands, 2 * workers)
         if len(points) < 2 and len(jobs) < 2:
             return
         started = time.perf_counter()
@@ -194,6 +202,27 @@ class _Session:
                 if done.exception() is not None:  # the run that needs the kernel reports the failure
                     log.debug("a compile job failed", exc_info=done.exception())
         self.start += time.perf_counter() - started
+
+    def _compile_jobs(self, cands: list[Candidate], limit: int) -> list[Callable[[], object]]:
+        """The distinct :meth:`Algorithm.compile_jobs` of the first ``limit`` candidates that name any, listed on
+        the session's device; a candidate whose jobs cannot be listed is left to its checked run."""
+        jobs: dict[object, Callable[[], object]] = {}
+        named = 0
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+            for cand in cands:
+                if named == limit:
+                    break
+                if cand.algorithm.precompiles:
+                    continue
+                try:
+                    found = cand.algorithm.compile_jobs(self.sig, cand.params)
+                except Exception:  # noqa: BLE001 - the candidate's checked run reports its own failure
+                    log.debug("listing the compile jobs of %s failed", cand.label, exc_info=True)
+                    continue
+                named += bool(found)
+                for job in found:
+                    jobs.setdefault(_job_key(job), job)
+        return list(jobs.values())
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

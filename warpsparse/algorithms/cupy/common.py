@@ -105,6 +105,7 @@ class CupyAlgorithm(Algorithm):
         return list(dict.fromkeys(k for p in self.points(sig) for k in self.point_instantiations(sig, p)))
 
     def compile_jobs(self, sig: Signature, params: Params) -> list[Callable[[], object]]:
+        """One :func:`runtime.function` call per kernel of :meth:`point_instantiations` on the current device."""
         if runtime.unavailable_reason() is not None:
             return []
         device = torch.cuda.current_device()
