@@ -489,21 +489,23 @@ def test_scan_maps_equal_torch_on_gpu(voxel: float, batch: int) -> None:
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("kernel", [1, 3, 5, 7, 9])
-def test_scan_submanifold_maps_of_every_size_equal_the_full_kernel_on_gpu(kernel: int) -> None:
-    """Onto its own sites (half kernel where it applies) and onto a copy of them (full map kernel): equal."""
+def test_scan_submanifold_maps_of_every_size_equal_torch_on_gpu(kernel: int) -> None:
+    """Onto its own sites (the half kernel where it applies) and onto a copy of them (the full map kernel), each
+    map equals the PyTorch builder's."""
     src = scan_coords(0.1)
     geom = submanifold_geometry(_t(kernel), (1, 1, 1))
-    nbr, mask, count = triton_maps.fill_map(src, geom, src.spatial_shape, src)
-    want = triton_maps.fill_map(src, geom, src.spatial_shape, fresh(src))
-    assert torch.equal(nbr, want[0]) and torch.equal(mask, want[1]) and torch.equal(count, want[2])
-    assert int(count) == int((nbr >= 0).sum()) and torch.equal(mask.cpu(), mask_oracle(nbr))
+    km_t, out_t, km_x, out_x = both_builders(src, geom, src.spatial_shape, src, "subm")
+    check_same(km_t, out_t, km_x, out_x)
+    nbr, mask, count = triton_maps.fill_map(src, geom, src.spatial_shape, fresh(src))
+    assert torch.equal(nbr, km_t.nbr) and torch.equal(mask.cpu(), mask_oracle(nbr)) and int(count) == km_t.num_pairs
 
 
 @pytest.mark.gpu
 @gpu
 def test_submanifold_build_never_syncs_and_strided_syncs_once() -> None:
-    """Subm maps and their layouts build without host reads; discovered and owned maps read their output
-    count once; a map's pair lists need no read beyond its pair count."""
+    """Subm maps and their layouts build without host reads; discovered and owned maps read their output and
+    pair counts in one read, and need none for their layouts; a map's pair lists need no read beyond its pair
+    count."""
     src = scan_coords(0.1)
     subm = submanifold_geometry((3, 3, 3), (1, 1, 1))
     down = ConvGeometry((3, 3, 3), (2, 2, 2), (1, 1, 1))
@@ -534,7 +536,7 @@ def test_submanifold_build_never_syncs_and_strided_syncs_once() -> None:
             torch.cuda.set_sync_debug_mode("warn")
             try:
                 km2, out = build(b)
-                km2.sorted_order, km2.reversed()
+                km2.sorted_order, km2.reversed(), km2.num_pairs, km2.pairs
             finally:
                 torch.cuda.set_sync_debug_mode(0)
         syncs = [w for w in caught if "synchroniz" in str(w.message)]

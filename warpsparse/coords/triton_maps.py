@@ -202,13 +202,24 @@ def _discover_kernel(coords_ptr, n_lanes, slots_ptr, shift, hmask, lane_slot_ptr
 
 @fast_launch
 @triton.jit(do_not_specialize=["n_lanes"])
-def _first_lane_kernel(lane_slot_ptr, slots_ptr, first_ptr, n_lanes, BLOCK: tl.constexpr):
-    """``first[lane]`` = 1 where the lane is the smallest reaching its output, else 0."""
+def _first_lane_kernel(lane_slot_ptr, slots_ptr, first_ptr, stats_ptr, n_lanes, BLOCK: tl.constexpr):
+    """``first[lane]`` = 1 where the lane is the smallest reaching its output, else 0; the lanes counted into
+    ``stats`` (:func:`_count_lanes`)."""
     lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = lanes < n_lanes
     slot = tl.load(lane_slot_ptr + lanes, mask=live, other=-1)
     held = tl.load(slots_ptr + 2 * slot.to(tl.int64) + 1, mask=slot >= 0, other=0)
-    tl.store(first_ptr + lanes, (held == lanes.to(tl.int64) * -1 + _FIRST).to(tl.int32), mask=live)
+    first = (slot >= 0) & (held == lanes.to(tl.int64) * -1 + _FIRST)
+    tl.store(first_ptr + lanes, first.to(tl.int32), mask=live)
+    _count_lanes(stats_ptr, slot >= 0, first)
+
+
+@triton.jit
+def _count_lanes(stats_ptr, hit, first):
+    """Add the lanes that reach an output (the pairs) and the first lanes of their outputs (the outputs) to
+    ``stats[0]`` and ``stats[1]``."""
+    tl.atomic_add(stats_ptr, tl.sum(hit.to(tl.int64), axis=0), sem="relaxed")
+    tl.atomic_add(stats_ptr + 1, tl.sum(first.to(tl.int64), axis=0), sem="relaxed")
 
 
 @fast_launch
@@ -236,14 +247,14 @@ def _number_kernel(lane_slot_ptr, first_ptr, rank_ptr, slots_ptr, coords_ptr, n_
 
 @fast_launch
 @triton.jit(do_not_specialize=["n_lanes"])
-def _fill_lanes_kernel(coords_ptr, lane_slot_ptr, slots_ptr, nbr_ptr, count_ptr, n_lanes,
+def _fill_lanes_kernel(coords_ptr, lane_slot_ptr, slots_ptr, nbr_ptr, n_lanes,
                        K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
                        S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
                        D2: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
                        M0: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr, B0: tl.constexpr, B1: tl.constexpr,
                        B2: tl.constexpr, MULTIPLY: tl.constexpr, BLOCK: tl.constexpr):
     """``nbr[output of lane, offset of lane] = input row of lane`` for every lane that reaches an output (its
-    slot's value is the output row, after numbering); the pairs counted into ``count``."""
+    slot's value is the output row, after numbering)."""
     J: tl.constexpr = B0 * B1 * B2
     KV: tl.constexpr = K0 * K1 * K2
     lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -260,7 +271,6 @@ def _fill_lanes_kernel(coords_ptr, lane_slot_ptr, slots_ptr, nbr_ptr, count_ptr,
                           MULTIPLY)
     out = tl.load(slots_ptr + 2 * slot + 1, mask=hit, other=0)
     tl.store(nbr_ptr + out * KV + (t0 * K1 + t1) * K2 + t2, row.to(tl.int32), mask=hit)
-    tl.atomic_add(count_ptr, tl.sum(hit.to(tl.int64), axis=0))
 
 
 @triton.jit
@@ -323,14 +333,15 @@ def _lane_position(lanes, coords_ptr, live, K0: tl.constexpr, K1: tl.constexpr, 
 
 @fast_launch
 @triton.jit(do_not_specialize=["n_lanes", "shift", "hmask", "in0", "in1", "in2", "lim0", "lim1", "lim2"])
-def _owner_kernel(coords_ptr, n_lanes, slots_ptr, shift, hmask, owner_ptr, first_ptr, in0, in1, in2, lim0, lim1,
-                  lim2, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S0: tl.constexpr, S1: tl.constexpr,
-                  S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, P0: tl.constexpr,
+def _owner_kernel(coords_ptr, n_lanes, slots_ptr, shift, hmask, owner_ptr, first_ptr, stats_ptr, in0, in1, in2,
+                  lim0, lim1, lim2, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S0: tl.constexpr,
+                  S1: tl.constexpr, S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, P0: tl.constexpr,
                   P1: tl.constexpr, P2: tl.constexpr, M0: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr,
                   B0: tl.constexpr, B1: tl.constexpr, B2: tl.constexpr, MULTIPLY: tl.constexpr,
                   PACKED: tl.constexpr, BLOCK: tl.constexpr):
     """``owner[lane]``: the smallest lane reaching the output of lane ``(row, t)`` (``-1``: none inside the
-    grid), and ``first[lane]`` = 1 where that is the lane itself.
+    grid), and ``first[lane]`` = 1 where that is the lane itself; the lanes counted into ``stats``
+    (:func:`_count_lanes`).
 
     Transposed, the other lanes reaching ``x*S + t*D - P`` are ``(x + (t - u)*D/S, u)`` for the positions ``u``
     in ``t``'s residue modulo ``M`` (``B`` per axis); regular (one lane per input), they are ``(x + (u - t)*D,
@@ -373,18 +384,20 @@ def _owner_kernel(coords_ptr, n_lanes, slots_ptr, shift, hmask, owner_ptr, first
         best = tl.where((r >= 0) & (lane < best), lane, best).to(lanes.dtype)
     owner = tl.where(valid, best, -1)
     tl.store(owner_ptr + lanes, owner, mask=live)
-    tl.store(first_ptr + lanes, (owner == lanes).to(tl.int32), mask=live)
+    first = valid & (owner == lanes)
+    tl.store(first_ptr + lanes, first.to(tl.int32), mask=live)
+    _count_lanes(stats_ptr, valid, first)
 
 
 @fast_launch
 @triton.jit(do_not_specialize=["n_lanes"])
-def _owned_fill_kernel(coords_ptr, owner_ptr, rank_ptr, nbr_ptr, out_ptr, count_ptr, n_lanes, K0: tl.constexpr,
+def _owned_fill_kernel(coords_ptr, owner_ptr, rank_ptr, nbr_ptr, out_ptr, n_lanes, K0: tl.constexpr,
                        K1: tl.constexpr, K2: tl.constexpr, S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
                        D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr,
                        P2: tl.constexpr, M0: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr,
                        MULTIPLY: tl.constexpr, BLOCK: tl.constexpr):
     """``nbr[rank[owner] - 1, t] = row`` for every lane ``(row, t)`` inside the grid, the output coordinates
-    from its owner, and the pairs counted into ``count``."""
+    from its owner."""
     KV: tl.constexpr = K0 * K1 * K2
     lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = lanes < n_lanes
@@ -397,7 +410,6 @@ def _owned_fill_kernel(coords_ptr, owner_ptr, rank_ptr, nbr_ptr, out_ptr, count_
     tl.store(nbr_ptr + out * KV + k, row, mask=hit)
     _store_moved(out_ptr + 4 * out, src, k, hit & (owner == lanes), K1, K2, S0, S1, S2, D0, D1, D2, P0, P1, P2,
                  MULTIPLY)
-    tl.atomic_add(count_ptr, tl.sum(hit.to(tl.int64), axis=0))
 
 
 @fast_launch
@@ -452,13 +464,13 @@ def _check_lanes(n: int, per_site: int) -> int:
     return lanes
 
 
-def discover_map(src: CoordSet, geom: ConvGeometry,
-                 out_shape: Triple) -> tuple[torch.Tensor, torch.Tensor, CoordSet]:
+def discover_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[torch.Tensor, int, CoordSet]:
     """``(nbr, pair count, output set)`` of ``geom`` from ``src`` to every output site of ``out_shape`` some
     input reaches, the sites in the order of the first (input row, offset) reaching each.
 
     Lanes are (input row, usable kernel position) in increasing order of both, so lane order is (row, offset)
-    order. The one host read is the output count, after the outputs are numbered; the lanes then fill ``nbr``.
+    order. The one host read is the output and pair counts, after the outputs are numbered; the lanes then fill
+    ``nbr``.
     """
     require_runnable(src.device)
     radix = key_radix(out_shape, src.batch_size)  # ValueError past 2**62 keys; the radix is out_shape itself
@@ -470,31 +482,31 @@ def discover_map(src: CoordSet, geom: ConvGeometry,
     table = HashTable.allocate(bound, dev)
     table.reserve(bound)
     coords = torch.empty((bound, 4), dtype=torch.int32, device=dev)
-    count = torch.zeros(1, dtype=torch.int64, device=dev)
     reach = dict(**_geometry_args(geom), M0=period[0], M1=period[1], M2=period[2], B0=most[0], B1=most[1],
                  B2=most[2], MULTIPLY=geom.transposed)
-    m = 0
+    m = pairs = 0
     if lanes:
         slot_type = torch.int32 if table.capacity < 2**31 else torch.int64
         lane_slot = torch.empty(lanes, dtype=slot_type, device=dev)
         first = torch.empty(lanes, dtype=torch.int32, device=dev)
+        stats = torch.zeros(2, dtype=torch.int64, device=dev)  # pairs, outputs
         in_coords = src.coords.contiguous()
         block = DISCOVER.lanes_on(dev)
         _discover_kernel[(cdiv(lanes, block),)](in_coords, lanes, table.slots, *table.probe_args, lane_slot, *radix,
                                                 **reach, BLOCK=block, num_warps=DISCOVER.warps)
         block = ROWS.lanes_on(dev)
         grid = (cdiv(lanes, block),)
-        _first_lane_kernel[grid](lane_slot, table.slots, first, lanes, BLOCK=block, num_warps=ROWS.warps)
+        _first_lane_kernel[grid](lane_slot, table.slots, first, stats, lanes, BLOCK=block, num_warps=ROWS.warps)
         rank = torch.cumsum(first, 0, dtype=torch.int32)
         _number_kernel[grid](lane_slot, first, rank, table.slots, coords, lanes, *radix, BLOCK=block,
                              num_warps=ROWS.warps)
-        m = int(rank[-1])  # the one host read
+        pairs, m = stats.tolist()  # the one host read
     nbr = torch.full((m, geom.kernel_volume), -1, dtype=torch.int32, device=dev)
     if m:
-        _fill_lanes_kernel[grid](in_coords, lane_slot, table.slots, nbr, count, lanes, **reach, BLOCK=block,
+        _fill_lanes_kernel[grid](in_coords, lane_slot, table.slots, nbr, lanes, **reach, BLOCK=block,
                                  num_warps=ROWS.warps)
     coords = coords[:m] if 2 * m >= bound else coords[:m].clone()  # do not keep a mostly unused buffer alive
-    return nbr, count, CoordSet(coords, out_shape, src.batch_size)
+    return nbr, pairs, CoordSet(coords, out_shape, src.batch_size)
 
 
 def _map_rows(kv: int, device: torch.device) -> tuple[int, int]:
@@ -605,38 +617,38 @@ def owned_lanes(geom: ConvGeometry) -> bool:
     return most == (1, 1, 1) and geom.kernel_volume <= OWNED_MAX_CANDIDATES
 
 
-def owned_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[torch.Tensor, torch.Tensor, CoordSet]:
+def owned_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[torch.Tensor, int, CoordSet]:
     """``(nbr, pair count, output set)`` of an :func:`owned_lanes` geometry, the same as :func:`discover_map`'s,
     without an output table: each lane finds the smallest lane reaching its output (its owner) by looking the
     few other inputs reaching it up in the input set's table (built on first use; L2-sized where the output
     table would not be), owners are numbered with a scan in lane order, and the lanes fill ``nbr``. The one
-    host read is the output count. The output set builds its own table when something queries it."""
+    host read is the output and pair counts. The output set builds its own table when something queries it."""
     require_runnable(src.device)
     key_radix(out_shape, src.batch_size)  # the output set's keys must fit (ValueError past 2**62)
     period, most, per_site = _owned_reach(geom)
     lanes = _check_lanes(src.num_points, per_site)
     dev = src.device
-    count = torch.zeros(1, dtype=torch.int64, device=dev)
-    m = 0
+    m = pairs = 0
     reach = dict(**_geometry_args(geom), M0=period[0], M1=period[1], M2=period[2], MULTIPLY=geom.transposed)
     if lanes:
         table = coord_table(src)
         owner = torch.empty(lanes, dtype=torch.int32, device=dev)
         first = torch.empty(lanes, dtype=torch.int32, device=dev)
+        stats = torch.zeros(2, dtype=torch.int64, device=dev)  # pairs, outputs
         in_coords = src.coords.contiguous()
         block = DISCOVER.lanes_on(dev)
-        _owner_kernel[(cdiv(lanes, block),)](in_coords, lanes, table.slots, *table.probe_args, owner, first,
+        _owner_kernel[(cdiv(lanes, block),)](in_coords, lanes, table.slots, *table.probe_args, owner, first, stats,
                                              *src.spatial_shape, *out_shape, **reach, B0=most[0], B1=most[1],
                                              B2=most[2], PACKED=table.packed, BLOCK=block, num_warps=DISCOVER.warps)
         rank = torch.cumsum(first, 0, dtype=torch.int32)
-        m = int(rank[-1])  # the one host read
+        pairs, m = stats.tolist()  # the one host read
     coords = torch.empty((m, 4), dtype=torch.int32, device=dev)
     nbr = torch.full((m, geom.kernel_volume), -1, dtype=torch.int32, device=dev)
     if m:
         block = ROWS.lanes_on(dev)
-        _owned_fill_kernel[(cdiv(lanes, block),)](in_coords, owner, rank, nbr, coords, count, lanes, **reach,
+        _owned_fill_kernel[(cdiv(lanes, block),)](in_coords, owner, rank, nbr, coords, lanes, **reach,
                                                   BLOCK=block, num_warps=ROWS.warps)
-    return nbr, count, CoordSet(coords, out_shape, src.batch_size)
+    return nbr, pairs, CoordSet(coords, out_shape, src.batch_size)
 
 
 def build_kernel_map_triton(src: CoordSet, geom: ConvGeometry, out_shape: Triple, out: CoordSet | None = None
