@@ -184,6 +184,9 @@ def test_half_maps_onto_a_smaller_output_grid_take_the_full_kernel(monkeypatch) 
     assert all(torch.equal(g, w) for g, w in zip(got, want))
     outside = (src.coords[:, 1:] >= torch.tensor(small, device=src.device)).any(1)
     assert bool(outside.any()) and bool((got[0][outside] == -1).all())
+    km_t, out_t, km_x, out_x = both_builders(src, geom, small, src, "subm")
+    assert not km_t.symmetric and not km_x.symmetric, "a map clipped to a smaller grid is not its own mirror"
+    check_same(km_t, out_t, km_x, out_x)
 
 
 @pytest.mark.parametrize("geom,batch", _strided_cases(transposed=False))
@@ -331,6 +334,7 @@ def test_given_outputs_outside_the_output_grid_get_no_inputs() -> None:
     assert bool(outside.any()) and bool((km.nbr[outside] == -1).all())
     inside = {tuple(c) for c in out.coords[~outside].tolist()}
     assert pairs_of(km, out) == {p for p in brute_force_pairs(src, geom, out_shape) if p[2] in inside}
+    check_same(*both_builders(src, geom, out_shape, out))  # the PyTorch builder's keys past the grid do not alias
 
 
 def test_floor_downsampled_outputs_like_spatially_sparse_conv() -> None:

@@ -89,7 +89,8 @@ class Signature:
 Params = Mapping[str, Any]
 
 #: Host time (ms) that the per-offset pair list costs a fresh kernel map (0.2 ms for a 125k-site scan on an H100
-#: host, ``bench/host_costs.py``), shared by the two convolutions of a typical block that reuse the map.
+#: host, ``bench/host_costs.py``, when the list still read its per-offset counts: an upper bound now), shared by
+#: the two convolutions of a typical block that reuse the map.
 PAIR_LIST_MS = 0.1
 
 #: The same for the mask sort behind mask-sorted rows (0.07 ms there), shared by the ops that walk them.

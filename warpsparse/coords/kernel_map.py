@@ -85,7 +85,8 @@ class KernelMap:
 
     @cached_property
     def pairs(self) -> PairList:
-        """Per-offset pair lists (no host read beyond :attr:`num_pairs`)."""
+        """Per-offset pair lists (no host read beyond :attr:`num_pairs`, which they must agree with: the map's
+        sites are distinct, as :class:`~warpsparse.SparseTensor` checks)."""
         k = self.kernel_volume
         # offset-major order: transpose so pairs of one offset are contiguous
         valid_t = (self.nbr >= 0).t()  # [K, N_out]
@@ -99,8 +100,6 @@ class KernelMap:
     @cached_property
     def num_pairs(self) -> int:
         """Total pairs (one host read per map, none when the builder knew the count on the host)."""
-        if "pairs" in self.__dict__:
-            return int(self.pairs.in_idx.numel())
         if self._pair_count is not None:
             return int(self._pair_count)
         return int((self.nbr >= 0).sum())

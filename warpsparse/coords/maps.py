@@ -33,7 +33,7 @@ def build_kernel_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple, out: 
             out = CoordSet(out_coords, out_shape, src.batch_size)
     else:
         raise ValueError(f"builder must be 'torch', 'triton' or None, got {builder!r}")
-    symmetric = geom.centred_symmetric and out is src
+    symmetric = geom.centred_symmetric and out is src and tuple(out_shape) == tuple(src.spatial_shape)
     kmap = KernelMap(nbr, src.num_points, geom.kernel_size, kind=kind, stride=geom.stride, symmetric=symmetric,
                      _mask=mask, _pair_count=count)
     return kmap, out

@@ -31,8 +31,8 @@ def build_kernel_map_torch(in_coords: torch.Tensor, batch_size: int, geom: ConvG
                            out_coords: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Neighbour table ``nbr[N_out, K]`` (int32) and the output coordinates.
 
-    With ``out_coords`` given, outputs are exactly those sites (pairs reaching other sites are dropped);
-    otherwise they are every site some pair reaches, in the order of the first (input row, offset) reaching it.
+    With ``out_coords`` given, outputs are exactly those sites (pairs reaching other sites are dropped, and sites
+    outside ``out_shape`` get none); otherwise they are every site some pair reaches, in the order of the first (input row, offset) reaching it.
     """
     k = geom.kernel_volume
     radix = key_radix(out_shape, batch_size)
@@ -49,7 +49,8 @@ def build_kernel_map_torch(in_coords: torch.Tensor, batch_size: int, geom: ConvG
         out_idx = rank[inverse]
         out_coords = unpack(uniq[order], radix)
     else:
-        out_keys = pack(out_coords, radix)
+        inside = (out_coords[:, 1:] < torch.tensor(out_shape, device=out_coords.device)).all(1)
+        out_keys = pack(out_coords, radix).masked_fill_(~inside, -1)  # a key past the grid could alias one inside
         sorted_keys, perm = torch.sort(out_keys)
         pos = torch.searchsorted(sorted_keys, keys).clamp_(max=max(out_keys.numel() - 1, 0))
         found = sorted_keys[pos] == keys if out_keys.numel() else torch.zeros_like(keys, dtype=torch.bool)

@@ -6,10 +6,10 @@ no device sync). Without given outputs they are found first: every (input, offse
 output inserts the output's key into a fresh table (deduplicating) and records itself as a candidate first
 lane of that key; the lanes that are first for their key are counted with a scan and numbered in lane order,
 so outputs come out in the order of the first (input row, offset) reaching them, like the PyTorch builder's,
-without sorting. The total is the one host read. The lanes then fill ``nbr`` input-driven (each lane is one
-pair; no lookups). That table is then dropped: it is sized for every lane, and its slots hold lane numbers;
-the output set builds its own coordinate table (packed where its keys allow, and smaller) when the next layer
-queries it.
+without sorting. The output and pair counts, packed in one word, are the one host read. The lanes then fill
+``nbr`` input-driven (each lane is one pair; no lookups). That table is then dropped: it is sized for every
+lane, and its slots hold lane numbers; the output set builds its own coordinate table (packed where its keys
+allow, and smaller) when the next layer queries it.
 
 A conv that sends only a few lanes to each output skips the output table: a transposed one with few positions
 per residue of the stride (e.g. 3x3x3 stride 2: at most 8 lanes per output), or a regular one whose inputs each
@@ -17,8 +17,8 @@ reach one output (e.g. 2x2x2 stride 2, pooling windows: 8 inputs per output). Th
 are known from its position, so each lane looks their inputs up in the (much smaller) input table and learns
 the first of them, its output's owner; owners are numbered with the same scan.
 
-A centred-symmetric (submanifold) map is filled with half the lookups: the site found at offset ``k`` of site
-``i`` also has ``i`` at the mirrored offset ``K-1-k``.
+A centred-symmetric (submanifold) map of 3 to 125 offsets onto its own sites and grid is filled with half the
+lookups: the site found at offset ``k`` of site ``i`` also has ``i`` at the mirrored offset ``K-1-k``.
 
 A transposed conv whose kernel positions fall in distinct residues of the stride (``d*(k-1) < s``, no padding,
 every output inside the grid; e.g. 2x2x2 stride 2) sends every lane to its own output: the outputs are the lanes
@@ -217,9 +217,14 @@ def _first_lane_kernel(lane_slot_ptr, slots_ptr, first_ptr, stats_ptr, n_lanes, 
 @triton.jit
 def _count_lanes(stats_ptr, hit, first):
     """Add the lanes that reach an output (the pairs) and the first lanes of their outputs (the outputs) to
-    ``stats[0]`` and ``stats[1]``."""
-    tl.atomic_add(stats_ptr, tl.sum(hit.to(tl.int64), axis=0), sem="relaxed")
-    tl.atomic_add(stats_ptr + 1, tl.sum(first.to(tl.int64), axis=0), sem="relaxed")
+    ``stats``, packed as ``pairs << 32 | outputs`` (one atomic; both stay below 2**31, :data:`_MAX_LANES`)."""
+    packed = (tl.sum(hit.to(tl.int64), axis=0) << 32) + tl.sum(first.to(tl.int64), axis=0)
+    tl.atomic_add(stats_ptr, packed, sem="relaxed")
+
+
+def _read_counts(stats: torch.Tensor) -> tuple[int, int]:
+    """``(pairs, outputs)`` from the counts :func:`_count_lanes` packed into ``stats`` (the one host read)."""
+    return divmod(int(stats), 2**32)
 
 
 @fast_launch
@@ -335,9 +340,9 @@ def _lane_position(lanes, coords_ptr, live, K0: tl.constexpr, K1: tl.constexpr, 
 @triton.jit(do_not_specialize=["n_lanes", "shift", "hmask", "in0", "in1", "in2", "lim0", "lim1", "lim2"])
 def _owner_kernel(coords_ptr, n_lanes, slots_ptr, shift, hmask, owner_ptr, first_ptr, stats_ptr, in0, in1, in2,
                   lim0, lim1, lim2, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, S0: tl.constexpr,
-                  S1: tl.constexpr, S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, P0: tl.constexpr,
-                  P1: tl.constexpr, P2: tl.constexpr, M0: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr,
-                  B0: tl.constexpr, B1: tl.constexpr, B2: tl.constexpr, MULTIPLY: tl.constexpr,
+                  S1: tl.constexpr, S2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
+                  P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, M0: tl.constexpr, M1: tl.constexpr,
+                  M2: tl.constexpr, B0: tl.constexpr, B1: tl.constexpr, B2: tl.constexpr, MULTIPLY: tl.constexpr,
                   PACKED: tl.constexpr, BLOCK: tl.constexpr):
     """``owner[lane]``: the smallest lane reaching the output of lane ``(row, t)`` (``-1``: none inside the
     grid), and ``first[lane]`` = 1 where that is the lane itself; the lanes counted into ``stats``
@@ -489,7 +494,7 @@ def discover_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[
         slot_type = torch.int32 if table.capacity < 2**31 else torch.int64
         lane_slot = torch.empty(lanes, dtype=slot_type, device=dev)
         first = torch.empty(lanes, dtype=torch.int32, device=dev)
-        stats = torch.zeros(2, dtype=torch.int64, device=dev)  # pairs, outputs
+        stats = torch.zeros(1, dtype=torch.int64, device=dev)
         in_coords = src.coords.contiguous()
         block = DISCOVER.lanes_on(dev)
         _discover_kernel[(cdiv(lanes, block),)](in_coords, lanes, table.slots, *table.probe_args, lane_slot, *radix,
@@ -500,7 +505,7 @@ def discover_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[
         rank = torch.cumsum(first, 0, dtype=torch.int32)
         _number_kernel[grid](lane_slot, first, rank, table.slots, coords, lanes, *radix, BLOCK=block,
                              num_warps=ROWS.warps)
-        pairs, m = stats.tolist()  # the one host read
+        pairs, m = _read_counts(stats)
     nbr = torch.full((m, geom.kernel_volume), -1, dtype=torch.int32, device=dev)
     if m:
         _fill_lanes_kernel[grid](in_coords, lane_slot, table.slots, nbr, lanes, **reach, BLOCK=block,
@@ -546,8 +551,8 @@ HALF_MAP_MAX_OFFSETS = 125  # larger kernels (one output row per program of the 
 
 
 def half_mapped(geom: ConvGeometry) -> bool:
-    """Whether :func:`fill_map` builds ``geom``'s map onto its own sites from half the lookups: a centred-symmetric
-    regular geometry of 3 to :data:`HALF_MAP_MAX_OFFSETS` offsets."""
+    """Whether :func:`fill_map` builds ``geom``'s map onto its own sites (and grid) from half the lookups: a
+    centred-symmetric regular geometry of 3 to :data:`HALF_MAP_MAX_OFFSETS` offsets."""
     return geom.centred_symmetric and not geom.transposed and 1 < geom.kernel_volume <= HALF_MAP_MAX_OFFSETS
 
 
@@ -634,14 +639,14 @@ def owned_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple) -> tuple[tor
         table = coord_table(src)
         owner = torch.empty(lanes, dtype=torch.int32, device=dev)
         first = torch.empty(lanes, dtype=torch.int32, device=dev)
-        stats = torch.zeros(2, dtype=torch.int64, device=dev)  # pairs, outputs
+        stats = torch.zeros(1, dtype=torch.int64, device=dev)
         in_coords = src.coords.contiguous()
         block = DISCOVER.lanes_on(dev)
         _owner_kernel[(cdiv(lanes, block),)](in_coords, lanes, table.slots, *table.probe_args, owner, first, stats,
                                              *src.spatial_shape, *out_shape, **reach, B0=most[0], B1=most[1],
                                              B2=most[2], PACKED=table.packed, BLOCK=block, num_warps=DISCOVER.warps)
         rank = torch.cumsum(first, 0, dtype=torch.int32)
-        pairs, m = stats.tolist()  # the one host read
+        pairs, m = _read_counts(stats)
     coords = torch.empty((m, 4), dtype=torch.int32, device=dev)
     nbr = torch.full((m, geom.kernel_volume), -1, dtype=torch.int32, device=dev)
     if m:

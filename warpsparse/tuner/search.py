@@ -21,7 +21,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 import torch
 
@@ -67,11 +67,17 @@ def tune_budget_ms() -> float:
     return value
 
 
-def _job_key(job: Callable[[], object]) -> object:
-    """What makes two compile jobs the same: a :class:`functools.partial`'s function and arguments, else the job."""
+def _job_key(job: Callable[[], object]) -> Hashable:
+    """What makes two compile jobs the same: a :class:`functools.partial`'s function and arguments (when they
+    hash), else the job's identity."""
     if isinstance(job, functools.partial):
-        return job.func, job.args, tuple(sorted(job.keywords.items()))
-    return job
+        key = job.func, job.args, tuple(sorted(job.keywords.items()))
+        try:
+            hash(key)
+        except TypeError:
+            return id(job)
+        return key
+    return id(job)
 
 
 def compile_workers() -> int:
@@ -206,7 +212,7 @@ class _Session:
     def _compile_jobs(self, cands: list[Candidate], limit: int) -> list[Callable[[], object]]:
         """The distinct :meth:`Algorithm.compile_jobs` of the first ``limit`` candidates that name any, listed on
         the session's device; a candidate whose jobs cannot be listed is left to its checked run."""
-        jobs: dict[object, Callable[[], object]] = {}
+        jobs: dict[Hashable, Callable[[], object]] = {}
         named = 0
         with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
             for cand in cands:

@@ -50,9 +50,16 @@ def propagate(params: Params, x: torch.Tensor, w: torch.Tensor, kmap: KernelMap)
     return out
 
 
+def _atomic(params: Params) -> bool:
+    """Whether the weight gradient at ``params`` adds its splits atomically (``params["reduce"]`` asks for it
+    and determinism is not required)."""
+    return params.get("reduce") == "atomic" and params.get("split", 1) > 1 \
+        and not torch.are_deterministic_algorithms_enabled()
+
+
 def weight_grad(params: Params, x: torch.Tensor, dy: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
     """``dW[k] = x[in_k]^T @ dy[out_k]`` over each offset's pairs, split ``params["split"]`` ways and reduced
-    in a fixed order (or atomically, where ``params["reduce"]`` asks and determinism is not required)."""
+    in a fixed order (or atomically: :func:`_atomic`)."""
     kvol, c_in, c_out = kmap.kernel_volume, x.shape[1], dy.shape[1]
     dev = x.device
     out = torch.empty(kvol, c_in, c_out, dtype=x.dtype, device=dev)
@@ -60,7 +67,7 @@ def weight_grad(params: Params, x: torch.Tensor, dy: torch.Tensor, kmap: KernelM
         return out
     pairs = kmap.pairs
     split = int(params.get("split", 1))
-    atomic = params.get("reduce") == "atomic" and split > 1 and not torch.are_deterministic_algorithms_enabled()
+    atomic = _atomic(params)
     if split == 1:
         target, mode = out, 0
     elif atomic and x.dtype == torch.float32:
@@ -106,7 +113,8 @@ class CupyImplicitGemm(CupyAlgorithm):
         c_a, c_b = (sig.c_out, sig.c_in) if sig.op == Op.CONV_DGRAD else (sig.c_in, sig.c_out)
         k = kernel_for(sig.op == Op.CONV_WGRAD, params, sig.dtype, c_a, c_b)
         found = [Instantiation("gemm", k.name, k.dynamic_smem)]
-        if params.get("split", 1) > 1:
+        fp32_atomics = _atomic(params) and sig.dtype == torch.float32  # these add into the result itself
+        if params.get("split", 1) > 1 and not fp32_atomics:
             found.append(Instantiation("common", sum_splits_name(DT_CODE[sig.dtype])))
         return found
 

@@ -1,7 +1,7 @@
 """Per-map layouts the Triton kernels read, built on first use with device ops and cached on the map.
 
-Nothing here reads device memory back to the host: sizes come from the map's shape and from the host copy of
-the per-offset pair counts that :attr:`KernelMap.pairs` keeps.
+Nothing here reads device memory back to the host but the pair chunks, laid out from the per-offset pair
+counts (:attr:`PairList.counts`, read once per map); other sizes come from the map's shape.
 """
 from __future__ import annotations
 
