@@ -3,11 +3,14 @@
 Run as a script with ``TRITON_INTERPRET`` unset (``tests/test_triton_compile.py`` does): the host code of the
 map builders, layouts, convolutions and pooling runs on CPU tensors with every launch recorded instead of
 run, then each recorded (kernel, argument types, constexprs, launch options) is compiled with Triton's
-compiler for ``cuda:90``. Prints one line per compiled kernel and exits non-zero on the first failure.
+compiler for ``cuda:90`` (one thread per CPU). Prints one line per compiled kernel and exits non-zero on the
+first failure.
 """
 from __future__ import annotations
 
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import torch
@@ -127,24 +130,31 @@ def main() -> int:
     triton_launch.FastLaunch.launch = _record  # type: ignore[method-assign]
     for module in (triton_hash, triton_maps):
         module.require_runnable = lambda device: None  # type: ignore[attr-defined]
+    triton_hash.INTERPRETER_LANES = 1  # the map and table kernels' GPU launch sizes, not the interpreter's
     exercise()
     for problem in filter(None, map(unspecialized_names_exist, {fn for fn, _, _ in calls})):
         print(f"FAILED {problem}", flush=True)
         return 1
-    done: set[str] = set()
+    requests: dict[str, tuple[Any, dict, dict, dict]] = {}
     for fn, args, kwargs in calls:
         signature, constexprs, options = compile_request(fn, args, kwargs)
-        line = f"{fn.__name__} {signature} {sorted(constexprs.items())} {options}"
-        if line in done:
-            continue
-        done.add(line)
-        try:
-            triton.compile(ASTSource(fn, signature, constexprs), target=TARGET, options=options)
-        except Exception as exc:  # noqa: BLE001 - report which kernel failed, then stop
-            print(f"FAILED {line}: {type(exc).__name__}: {exc}", flush=True)
-            return 1
-        print(f"compiled {fn.__name__} {sorted(constexprs.items())} {options}", flush=True)
-    print(f"{len(done)} kernel variants of {len({c[0].__name__ for c in calls})} kernels compiled for {TARGET}")
+        requests.setdefault(f"{fn.__name__} {signature} {sorted(constexprs.items())} {options}",
+                            (fn, signature, constexprs, options))
+
+    def build(fn: Any, signature: dict, constexprs: dict, options: dict) -> None:
+        triton.compile(ASTSource(fn, signature, constexprs), target=TARGET, options=options)
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # ptxas runs as a process: threads overlap it
+        pending = {pool.submit(build, *request): line for line, request in requests.items()}
+        for future in as_completed(pending):
+            fn, _, constexprs, options = requests[pending[future]]
+            if future.exception() is not None:  # report which kernel failed, then stop
+                print(f"FAILED {pending[future]}: {type(future.exception()).__name__}: {future.exception()}",
+                      flush=True)
+                pool.shutdown(cancel_futures=True)
+                return 1
+            print(f"compiled {fn.__name__} {sorted(constexprs.items())} {options}", flush=True)
+    print(f"{len(requests)} kernel variants of {len({c[0].__name__ for c in calls})} kernels compiled for {TARGET}")
     return 0
 
 
