@@ -98,7 +98,7 @@ def test_entries_of_other_devices_are_kept_but_never_used(monkeypatch):
     assert entries["Some GPU"] == foreign
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "future", "invalid", "empty"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "invalid", "empty"])
 def test_damaged_file_is_moved_aside_once_and_tuning_goes_on(monkeypatch, damage):
     _tune_one(monkeypatch)
     assert save_tuning_cache()
@@ -107,7 +107,6 @@ def test_damaged_file_is_moved_aside_once_and_tuning_goes_on(monkeypatch, damage
     bad = {
         "garbage": "\x00\x01 not json at all",
         "truncated": good[: len(good) // 2],
-        "future": json.dumps({"schema_version": SCHEMA_VERSION + 1, "entries": [], "new_field": 1}),
         "invalid": good.replace('"status": "ok"', '"status": "great"', 1),
         "empty": "",
     }[damage]
@@ -121,6 +120,36 @@ def test_damaged_file_is_moved_aside_once_and_tuning_goes_on(monkeypatch, damage
     aside = path.with_name(path.name + ".corrupt")
     assert aside.read_text() == bad
     assert sorted(e.key.signature.c_in for e in _entries()) == [2, 3]
+
+
+def test_a_second_damaged_file_does_not_replace_the_first_one_moved_aside(monkeypatch):
+    _tune_one(monkeypatch)
+    assert save_tuning_cache()
+    path = store.cache_file()
+    for n, bad in enumerate(["first damaged file", "second damaged file"]):
+        path.write_text(bad)
+        reset(save=False)
+        store._warned.clear()
+        with pytest.warns(RuntimeWarning, match="unusable"):
+            _tune_one(monkeypatch, c_in=3 + n)
+            assert save_tuning_cache()
+    assert sorted(p.read_text() for p in path.parent.glob("*.corrupt")) == ["first damaged file",
+                                                                           "second damaged file"]
+
+
+def test_a_newer_versions_file_is_left_unchanged_and_results_stay_in_memory(monkeypatch):
+    _tune_one(monkeypatch)
+    assert save_tuning_cache()
+    path = store.cache_file()
+    newer = json.dumps({"schema_version": SCHEMA_VERSION + 1, "entries": [], "new_field": 1})
+    path.write_text(newer)
+    reset(save=False)
+    with pytest.warns(RuntimeWarning, match="written by a newer warpsparse") as record:
+        _tune_one(monkeypatch, c_in=3)
+        assert save_tuning_cache() is False
+        assert save_tuning_cache() is False
+    assert len(record) == 1
+    assert path.read_text() == newer and not list(path.parent.glob("*.corrupt"))
 
 
 def test_unwritable_cache_dir_warns_once_and_keeps_results_in_memory(monkeypatch, tmp_path):

@@ -208,7 +208,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         before.update(e.id for e in doc.entries)
         return store.merge(doc, [(e.key, e.candidates, e.tuned_at) for e in incoming.entries])
 
-    store.update_document(path, change)
+    try:
+        store.update_document(path, change)
+    except store.CacheFromNewerVersion as exc:
+        raise CliError(f"cannot merge into {path}: it was written by a newer warpsparse ({exc})") from None
     new = sum(e.id not in before for e in incoming.entries)
     print(f"merged {len(incoming.entries)} tuned signatures ({new} new) from {source} into {path}")
     return 0

@@ -58,6 +58,10 @@ class CacheUnreadable(Exception):
     """The cache file is corrupt, truncated, or of a newer schema version."""
 
 
+class CacheFromNewerVersion(CacheUnreadable):
+    """The cache file was written by a newer warpsparse (a newer schema version): left as it is."""
+
+
 def read_document(path: Path) -> CacheDocument:
     """The validated document at ``path`` (empty if absent); :class:`CacheUnreadable` if it cannot be used."""
     try:
@@ -70,7 +74,7 @@ def read_document(path: Path) -> CacheDocument:
         raise CacheUnreadable(f"not valid JSON ({exc})") from None
     version = obj.get("schema_version") if isinstance(obj, dict) else None
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
-        raise CacheUnreadable(f"schema version {version} is newer than this warpsparse's {SCHEMA_VERSION}")
+        raise CacheFromNewerVersion(f"schema version {version} is newer than this warpsparse's {SCHEMA_VERSION}")
     try:
         return CacheDocument.model_validate(obj)
     except ValidationError as exc:
@@ -85,12 +89,23 @@ def file_lock(path: Path) -> FileLock:
     return FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
 
 
+def _aside(path: Path) -> Path:
+    """A free name for moving ``path`` aside: ``<name>.corrupt``, else ``<name>.<n>.corrupt``."""
+    aside, n = path.with_name(path.name + ".corrupt"), 1
+    while aside.exists():
+        aside, n = path.with_name(f"{path.name}.{n}.corrupt"), n + 1
+    return aside
+
+
 def _read_or_quarantine(path: Path) -> CacheDocument:
-    """Under the file lock: read ``path``; an unreadable file is moved to ``*.corrupt`` (warn once)."""
+    """Under the file lock: read ``path``; an unreadable file is moved to a free ``*.corrupt`` name (warn once).
+    A newer version's file is left in place (:class:`CacheFromNewerVersion` raised)."""
     try:
         return read_document(path)
+    except CacheFromNewerVersion:
+        raise
     except CacheUnreadable as exc:
-        aside = path.with_name(path.name + ".corrupt")
+        aside = _aside(path)
         os.replace(path, aside)
         _warn_once(f"corrupt:{path}", f"warpsparse tuning cache {path} is unusable: {exc}; moved it to {aside} "
                                       "and starting with an empty cache")
@@ -101,6 +116,9 @@ def load_document(path: Path) -> CacheDocument:
     """The document at ``path`` for reading; never raises (unreadable files are moved aside, errors warn once)."""
     try:
         return read_document(path)
+    except CacheFromNewerVersion as exc:
+        _warn_newer(path, exc)
+        return CacheDocument()
     except CacheUnreadable:
         pass
     except OSError as exc:
@@ -109,10 +127,18 @@ def load_document(path: Path) -> CacheDocument:
     try:
         with file_lock(path):
             return _read_or_quarantine(path)
+    except CacheFromNewerVersion as exc:  # replaced by a newer version's file meanwhile
+        _warn_newer(path, exc)
+        return CacheDocument()
     except (OSError, Timeout) as exc:
         _warn_once(f"corrupt:{path}", f"warpsparse tuning cache {path} is unusable and could not be moved "
                                       f"aside ({exc}); starting with an empty cache")
         return CacheDocument()
+
+
+def _warn_newer(path: Path, exc: CacheFromNewerVersion) -> None:
+    _warn_once(f"newer:{path}", f"warpsparse tuning cache {path} was written by a newer warpsparse ({exc}); "
+                                "leaving it unchanged: tuning results stay in memory for this process")
 
 
 def write_document(path: Path, doc: CacheDocument) -> None:
@@ -230,6 +256,9 @@ class TuningStore:
             try:
                 doc = update_document(self.path, lambda d: merge(
                     d, ((key, results.values(), now) for key, results in snapshot.items())))
+            except CacheFromNewerVersion as exc:
+                _warn_newer(self.path, exc)
+                return False
             except Timeout:
                 _warn_once(f"lock:{self.path}", f"could not lock warpsparse tuning cache {self.path} within "
                                                 f"{LOCK_TIMEOUT_S:g} s; keeping results in memory and retrying later")
