@@ -104,6 +104,30 @@ def test_bad_shape_arguments(shape, batch, match):
         warpsparse.SparseTensor(torch.zeros(0, 2), torch.zeros(0, 4, dtype=torch.int32), shape, batch)
 
 
+@pytest.mark.parametrize("shape, batch, match", [
+    ("666", 1, "spatial_shape must be 3 positive ints, got '666'"),
+    ((6.7, 6, 6), 1, r"spatial_shape must be 3 positive ints, got \(6.7, 6, 6\)"),
+    ((6, 6, 6), 1.5, "batch_size must be a positive int, got 1.5"),
+    ((6, 6, 6), "2", "batch_size must be a positive int, got '2'"),
+])
+def test_shape_arguments_of_other_types(shape, batch, match):
+    with pytest.raises(TypeError, match=match):
+        warpsparse.SparseTensor(torch.zeros(2, 1), _coords()[:2], shape, batch)
+
+
+@pytest.mark.parametrize("coords, shape", [([[0, 3_000_000_000, 0, 0], [0, 1, 0, 0]], None),
+                                           ([[0, 1, 0, 0], [0, 2, 0, 0]], (2**31, 4, 4))])
+def test_coordinates_past_int32_are_a_clear_error(coords, shape):
+    with pytest.raises(ValueError, match=r"coordinates are stored as int32, .* at most 2\*\*31 - 1"):
+        warpsparse.SparseTensor(torch.zeros(2, 1), torch.tensor(coords), shape, None if shape is None else 1)
+
+
+def test_output_grids_past_int32_are_a_clear_error():
+    x = warpsparse.SparseTensor(torch.randn(2, 1), torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0]]), (2, 1, 1), 1)
+    with pytest.raises(ValueError, match="coordinates are stored as int32"):
+        wnn.SparseConvTranspose3d(1, 1, 1, stride=(2**31, 1, 1), **EXPLICIT)(x)
+
+
 @pytest.mark.parametrize("make", [
     lambda: wnn.SubMConv3d(4, 2, 3, **EXPLICIT),
     lambda: wnn.SparseConv3d(4, 2, 3, **EXPLICIT),
@@ -207,13 +231,31 @@ def test_output_tensor_of_another_batch_size():
     (dict(voxel_size=(0.5, 0.5)), ValueError, r"voxel_size must be .*, got \(0.5, 0.5\)"),
     (dict(voxel_size=(0.5, -1.0, 0.5)), ValueError, "voxel_size must be a positive number or 3"),
     (dict(batch=torch.zeros(7)), ValueError, r"batch must be an integer tensor of shape \[10\]"),
-    (dict(origin=(1.0, 1.0, 1.0)), ValueError, "below origin"),
+    (dict(origin=(1.0, 1.0, 1.0)), ValueError, r"point row \d+ at .* lies below origin \[1.0, 1.0, 1.0\]"),
+    (dict(origin=(0.0, 0.0)), ValueError, r"origin must be 3 numbers \(finite\), got \(0.0, 0.0\)"),
+    (dict(voxel_size="abc"), ValueError, "voxel_size must be 1 number or 3 numbers, got 'abc'"),
+    (dict(batch=[0] * 10), ValueError, r"batch must be an integer tensor of shape \[10\], got list"),
+    (dict(batch=torch.tensor([0] * 9 + [-2])), ValueError, "batch indices must be non-negative; row 9 is -2"),
 ])
 def test_voxelize_errors(kwargs, error, match):
     points = torch.rand(10, 4)
     args = {"voxel_size": 0.5, **kwargs}
     with pytest.raises(error, match=match):
         warpsparse.voxelize(points, **args)
+
+
+def test_voxelize_non_finite_and_far_apart_points():
+    points = torch.rand(6, 3)
+    points[4, 2] = float("inf")
+    with pytest.raises(ValueError, match="points must have finite xyz; row 4 is"):
+        warpsparse.voxelize(points, 1.0)
+    with pytest.raises(ValueError, match="coordinates are stored as int32"):
+        warpsparse.voxelize(torch.tensor([[0.0, 0.0, 0.0], [3e9, 0.0, 0.0]]), 1.0)
+
+
+def test_voxelize_of_no_points_gives_no_sites():
+    x = warpsparse.voxelize(torch.zeros(0, 5), 0.5)
+    assert x.num_points == 0 and x.features.shape == (0, 2) and x.coords.shape == (0, 4)
 
 
 def test_voxelize_bad_points():

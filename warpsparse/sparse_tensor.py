@@ -1,6 +1,7 @@
 """`SparseTensor`: features on sparse 3D sites, with the kernel-map caches of its coordinate set."""
 from __future__ import annotations
 
+import operator
 from typing import Any, Sequence
 
 import torch
@@ -36,8 +37,10 @@ def _shape_arg(spatial_shape: Sequence[int] | None) -> tuple[int, int, int] | No
     if spatial_shape is None:
         return None
     try:
-        shape = tuple(int(s) for s in spatial_shape)
-    except (TypeError, ValueError):
+        if isinstance(spatial_shape, (str, bytes)):
+            raise TypeError
+        shape = tuple(operator.index(s) for s in spatial_shape)
+    except TypeError:
         raise TypeError(f"spatial_shape must be 3 positive ints, got {spatial_shape!r}") from None
     if len(shape) != 3 or min(shape) <= 0:
         raise ValueError(f"spatial_shape must be 3 positive ints, got {spatial_shape!r}")
@@ -47,9 +50,13 @@ def _shape_arg(spatial_shape: Sequence[int] | None) -> tuple[int, int, int] | No
 def _batch_arg(batch_size: int | None) -> int | None:
     if batch_size is None:
         return None
-    if int(batch_size) <= 0:
+    try:
+        batches = operator.index(batch_size)
+    except TypeError:
+        raise TypeError(f"batch_size must be a positive int, got {batch_size!r}") from None
+    if batches <= 0:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    return int(batch_size)
+    return batches
 
 
 def _repeats(sites: CoordSet) -> torch.Tensor:
@@ -86,6 +93,7 @@ def _validate_sites(coords: torch.Tensor, spatial_shape: Sequence[int] | None, b
         raise ValueError(f"coords must be non-negative; row {bad} is {c[bad].tolist()}")
     shape = shape or (hi[1] + 1, hi[2] + 1, hi[3] + 1)
     batches = batches or hi[0] + 1
+    key_radix(shape, batches)  # the int32 coordinates and int64 keys must hold them
     if hi[0] >= batches or any(h >= s for h, s in zip(hi[1:], shape)):
         outside = (c >= torch.tensor([batches, *shape], device=coords.device)).any(dim=1)
         bad = int(outside.nonzero()[0])

@@ -26,30 +26,37 @@ def voxelize(points: torch.Tensor, voxel_size: float | Sequence[float], *, batch
         raise ValueError(f"points must have shape [N, 3+F], got {tuple(points.shape)}")
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
-    size = torch.as_tensor(voxel_size, dtype=points.dtype, device=points.device)
-    if size.numel() not in (1, 3) or not bool((size > 0).all()):
+    size = _finite_values(voxel_size, "voxel_size", points, (1, 3))
+    if not bool((size > 0).all()):
         raise ValueError(f"voxel_size must be a positive number or 3 positive numbers, got {voxel_size!r}")
     size = size.reshape(-1).expand(3)
     xyz = points[:, :3]
     feats = points[:, 3:] if points.shape[1] > 3 else xyz
-    if points.shape[0] == 0:
-        raise ValueError("points is empty: there is nothing to voxelize")
-    if origin is None:
-        base = xyz.min(dim=0).values
-    else:
-        base = torch.as_tensor(origin, dtype=points.dtype, device=points.device)
+    if batch is not None and (not isinstance(batch, torch.Tensor) or batch.shape != (points.shape[0],)
+                              or batch.is_floating_point() or batch.dtype == torch.bool):
+        raise ValueError(f"batch must be an integer tensor of shape [{points.shape[0]}], got "
+                         f"{getattr(batch, 'dtype', type(batch).__name__)} {tuple(getattr(batch, 'shape', ()))}")
+    if points.shape[0] == 0:  # nothing to voxelize: no sites
+        empty = torch.zeros((0, 4), dtype=torch.int32, device=points.device)
+        return SparseTensor(feats[:0], empty, (1, 1, 1), 1)
+    finite = torch.isfinite(xyz).all(dim=1)
+    if not bool(finite.all()):
+        row = int((~finite).nonzero()[0])
+        raise ValueError(f"points must have finite xyz; row {row} is {xyz[row].tolist()}")
+    base = xyz.min(dim=0).values if origin is None else _finite_values(origin, "origin", points, (3,))
     cell = torch.floor((xyz - base) / size).long()
-    if (cell < 0).any():
-        raise ValueError("some points lie below origin; pass an origin at or below every point")
+    below = (cell < 0).any(dim=1)
+    if bool(below.any()):
+        row = int(below.nonzero()[0])
+        raise ValueError(f"point row {row} at {xyz[row].tolist()} lies below origin {base.tolist()}; pass an "
+                         "origin at or below every point")
     if batch is None:
         b = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
     else:
-        if batch.shape != (points.shape[0],) or batch.is_floating_point():
-            raise ValueError(f"batch must be an integer tensor of shape [{points.shape[0]}], got "
-                             f"{batch.dtype} {tuple(batch.shape)}")
         b = batch.to(points.device).long()
-        if (b < 0).any():
-            raise ValueError("batch indices must be non-negative")
+        if bool((b < 0).any()):
+            row = int((b < 0).nonzero()[0])
+            raise ValueError(f"batch indices must be non-negative; row {row} is {int(b[row])}")
     coords = torch.cat([b[:, None], cell], dim=1)
     hi = coords.max(dim=0).values.tolist()
     shape = (hi[1] + 1, hi[2] + 1, hi[3] + 1)
@@ -60,3 +67,16 @@ def voxelize(points: torch.Tensor, voxel_size: float | Sequence[float], *, batch
     out = feats.new_zeros(uniq.numel(), feats.shape[1]).scatter_reduce(0, index, feats, red, include_self=False)
     sites = CoordSet(unpack(uniq, radix), shape, hi[0] + 1)  # unique and in range by construction
     return SparseTensor.from_coord_set(out, sites, {})
+
+
+def _finite_values(value: object, name: str, points: torch.Tensor, counts: tuple[int, ...]) -> torch.Tensor:
+    """``value`` as a tensor of ``points``' dtype and device holding one of ``counts`` finite numbers;
+    ``ValueError`` naming ``name`` otherwise."""
+    want = " or ".join(f"{n} number{'s' if n > 1 else ''}" for n in counts)
+    try:
+        out = torch.as_tensor(value, dtype=points.dtype, device=points.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be {want}, got {value!r}") from None
+    if out.numel() not in counts or not bool(torch.isfinite(out).all()):
+        raise ValueError(f"{name} must be {want} (finite), got {value!r}")
+    return out.reshape(-1)

@@ -4,11 +4,17 @@ from __future__ import annotations
 import torch
 
 MAX_KEY_SPACE = 1 << 62
+MAX_EXTENT = 2**31 - 1  # coordinates are int32: the batch size and every grid extent stay at or below this
 
 
 def key_radix(spatial_shape: tuple[int, int, int], batch_size: int) -> tuple[int, int, int]:
-    """Radices for :func:`pack`; ``ValueError`` when batch x grid does not fit in 62 bits."""
+    """Radices for :func:`pack`; ``ValueError`` when an extent passes :data:`MAX_EXTENT` or batch x grid does not
+    fit in 62 bits."""
     s0, s1, s2 = (int(s) for s in spatial_shape)
+    if max(s0, s1, s2, batch_size) > MAX_EXTENT:
+        raise ValueError(
+            f"batch_size {batch_size} x spatial_shape {tuple(spatial_shape)}: coordinates are stored as int32, so "
+            "the batch size and every grid extent must be at most 2**31 - 1; use a coarser grid")
     if batch_size * s0 * s1 * s2 > MAX_KEY_SPACE:
         raise ValueError(
             f"batch_size {batch_size} x spatial_shape {tuple(spatial_shape)} has "
