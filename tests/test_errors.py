@@ -7,7 +7,8 @@ import torch
 
 import warpsparse
 import warpsparse.nn as wnn
-from warpsparse.nn.functional import sparse_conv3d, spatially_sparse_conv, subm_conv3d
+from warpsparse.nn.functional import (global_avg_pool, global_max_pool, sparse_conv3d, spatially_sparse_conv,
+                                      subm_conv3d)
 
 from oracle import EXPLICIT, EXPLICIT_DW, fresh_seed, one_thread, quick_tuning, random_coords  # noqa: F401
 
@@ -269,3 +270,29 @@ def test_conv_with_empty_output_grid():
     x = warpsparse.SparseTensor(torch.randn(5, 2), random_coords(5, (3, 3, 3), 1), (3, 3, 3), 1)
     with pytest.raises(ValueError, match=r"gives an empty output grid .* for input grid \(3, 3, 3\)"):
         wnn.SparseConv3d(2, 2, 5, **EXPLICIT)(x)
+
+
+@pytest.mark.parametrize("bias, match", [(torch.randn(7), r"\(8,\), got \(7,\)"),
+                                         (torch.randn(5, 8), r"\(8,\), got \(5, 8\)"), ([0.0] * 8, r"\(8,\), got list")])
+def test_bias_of_the_wrong_shape(bias, match):
+    x = _x(1)
+    with pytest.raises(ValueError, match="bias must be a tensor of shape \\[C_out\\] = " + match):
+        subm_conv3d(x, torch.randn(27, x.num_channels, 8), bias, 3, **EXPLICIT)
+
+
+@pytest.mark.parametrize("call", [
+    lambda t: global_max_pool(t), lambda t: global_avg_pool(t), lambda t: wnn.ToDense()(t),
+    lambda t: subm_conv3d(_x(1), [[1.0]], None, 3, **EXPLICIT),
+    lambda t: spatially_sparse_conv(_x(2), torch.randn(27, 2, 2), 3, output_spatially_sparse_tensor=t, **EXPLICIT),
+], ids=["global_max", "global_avg", "to_dense", "weight", "output_tensor"])
+def test_plain_tensors_where_sparse_ones_belong(call):
+    with pytest.raises(TypeError, match="must be a warpsparse.SparseTensor|takes a warpsparse.SparseTensor|"
+                                        "weight must be a torch.Tensor"):
+        call(torch.randn(5, 2))
+
+
+def test_unknown_algorithm_names_fail_when_the_module_is_made():
+    with pytest.raises(ValueError, match="bwd_algo: unknown algorithm 'bogus'"):
+        wnn.SubMConv3d(2, 2, 3, bwd_algo="bogus")
+    with pytest.raises(ValueError, match="fwd_algo: unknown algorithm 'bogus'"):
+        wnn.SparseDepthwiseConv3d(2, 3, fwd_algo=["explicit", "bogus"])

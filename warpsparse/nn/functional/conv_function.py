@@ -72,6 +72,9 @@ def conv_features(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
         raise ValueError(f"features has {features.shape[0]} rows but the kernel map expects {kmap.num_in} inputs")
     if features.shape[1] != weight.shape[1]:
         raise ValueError(f"features have {features.shape[1]} channels but the weight expects {weight.shape[1]}")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != weight.shape[-1:]):
+        raise ValueError(f"bias must be a tensor of shape [C_out] = ({weight.shape[-1]},), got "
+                         f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
     if features.device != weight.device:
         raise ValueError(f"features are on {features.device} but the weight on {weight.device}")
     device_type = features.device.type

@@ -20,6 +20,9 @@ def check_input(x: SparseTensor, weight: torch.Tensor, kernel_size: Triple, dept
     """``TypeError``/``ValueError`` unless ``x`` is a SparseTensor and ``weight`` fits it and the kernel."""
     if not isinstance(x, SparseTensor):
         raise TypeError(f"input must be a warpsparse.SparseTensor, got {type(x).__name__}")
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor ({'[K, C]' if depthwise else '[K, C_in, C_out]'}), got "
+                        f"{type(weight).__name__}")
     k = kernel_size[0] * kernel_size[1] * kernel_size[2]
     if tuple(weight.shape[:2]) != (k, x.num_channels) or weight.dim() != (2 if depthwise else 3):
         layout = "[K, C]" if depthwise else "[K, C_in, C_out]"
@@ -78,6 +81,9 @@ def warp_conv_map(x: SparseTensor, kernel_size: int | Triple, stride: int | Trip
     geom = warp_geometry(triple(kernel_size, "kernel_size", 1), triple(stride, "stride", 1),
                          triple(dilation, "dilation", 1), transposed)
     if output is not None:
+        if not isinstance(output, SparseTensor):
+            raise TypeError(f"output_spatially_sparse_tensor must be a warpsparse.SparseTensor, got "
+                            f"{type(output).__name__}")
         if output.batch_size != x.batch_size:
             raise ValueError(f"output_spatially_sparse_tensor has batch_size {output.batch_size}, input "
                              f"{x.batch_size}")

@@ -88,6 +88,8 @@ def sparse_avg_pool3d(x: SparseTensor, kernel_size: int | Triple, stride: int | 
 
 
 def _global(x: SparseTensor, reduce: str) -> torch.Tensor:
+    if not isinstance(x, SparseTensor):
+        raise TypeError(f"input must be a warpsparse.SparseTensor, got {type(x).__name__}")
     index = x.coords[:, 0].long()[:, None].expand(-1, x.num_channels)
     out = x.features.new_zeros(x.batch_size, x.num_channels)
     return out.scatter_reduce(0, index, x.features, reduce, include_self=False)

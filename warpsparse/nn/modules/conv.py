@@ -16,6 +16,7 @@ from warpsparse.nn.functional.sparse_conv import (
 from warpsparse.nn.functional.sparse_conv_depth import sparse_depthwise_conv3d
 from warpsparse.sparse_tensor import SparseTensor
 from warpsparse.tuner import AlgoSpec
+from warpsparse.tuner.modes import parse_mode
 
 
 class _SparseConvBase(nn.Module):
@@ -33,6 +34,9 @@ class _SparseConvBase(nn.Module):
         shape = (k, in_channels) if depthwise else (k, in_channels, out_channels)
         self.weight = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        for name, value in (("fwd_algo", fwd_algo), ("bwd_algo", bwd_algo)):
+            if value is not None:
+                parse_mode(value, depthwise, name)  # a bad name fails here, not at the first (backward) call
         self.fwd_algo, self.bwd_algo = fwd_algo, bwd_algo
         self.reset_parameters()
 

@@ -66,4 +66,6 @@ class ToDense(nn.Module):
     """SparseTensor -> dense [B, C, D0, D1, D2]."""
 
     def forward(self, x: SparseTensor) -> torch.Tensor:
+        if not isinstance(x, SparseTensor):
+            raise TypeError(f"ToDense takes a warpsparse.SparseTensor, got {type(x).__name__}")
         return x.dense()
