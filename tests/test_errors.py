@@ -273,7 +273,8 @@ def test_conv_with_empty_output_grid():
 
 
 @pytest.mark.parametrize("bias, match", [(torch.randn(7), r"\(8,\), got \(7,\)"),
-                                         (torch.randn(5, 8), r"\(8,\), got \(5, 8\)"), ([0.0] * 8, r"\(8,\), got list")])
+                                         (torch.randn(5, 8), r"\(8,\), got \(5, 8\)"),
+                                         ([0.0] * 8, r"\(8,\), got list")])
 def test_bias_of_the_wrong_shape(bias, match):
     x = _x(1)
     with pytest.raises(ValueError, match="bias must be a tensor of shape \\[C_out\\] = " + match):

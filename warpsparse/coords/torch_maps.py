@@ -31,8 +31,9 @@ def build_kernel_map_torch(in_coords: torch.Tensor, batch_size: int, geom: ConvG
                            out_coords: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Neighbour table ``nbr[N_out, K]`` (int32) and the output coordinates.
 
-    With ``out_coords`` given, outputs are exactly those sites (pairs reaching other sites are dropped, and sites
-    outside ``out_shape`` get none); otherwise they are every site some pair reaches, in the order of the first (input row, offset) reaching it.
+    With ``out_coords`` given, outputs are exactly those sites (pairs reaching other sites are dropped, and
+    sites outside ``out_shape`` get none); otherwise they are every site some pair reaches, in the order of the
+    first (input row, offset) reaching it.
     """
     k = geom.kernel_volume
     radix = key_radix(out_shape, batch_size)
