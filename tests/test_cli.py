@@ -107,7 +107,27 @@ def test_import_rejects_invalid_files(monkeypatch, capsys, tmp_path):
     assert rc == 1 and "cannot import" in err and "median_ms" in err
     rc, _, err = _run(capsys, "cache", "import", str(tmp_path / "missing.json"))
     assert rc == 1 and "no such file" in err
+    rc, _, err = _run(capsys, "cache", "import", str(tmp_path))
+    assert rc == 1 and "is a directory, not a cache file" in err
     assert store.cache_file().read_text() == before and bad.exists()
+
+
+def test_export_to_a_directory_or_a_missing_one_is_a_clear_error(monkeypatch, capsys, tmp_path):
+    _populate(monkeypatch)
+    rc, _, err = _run(capsys, "cache", "export", str(tmp_path))
+    assert rc == 1 and "it is a directory; name a file" in err
+    rc, _, err = _run(capsys, "cache", "export", str(tmp_path / "missing" / "x.json"))
+    assert rc == 1 and f"directory {tmp_path / 'missing'} does not exist" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "foo"], "--device 'foo': expected cpu, cuda or cuda:N"),
+    (["--voxel-size", "0"], "--voxel-size must be a positive number of metres, got 0"),
+    (["--budget-ms", "-1"], "--budget-ms must be a positive number of milliseconds, got -1"),
+])
+def test_tune_rejects_bad_options(capsys, argv, message):
+    rc, _, err = _run(capsys, "tune", *argv)
+    assert rc == 1 and message in err
 
 
 def test_env_reports_modes_and_sources(monkeypatch, capsys, cache_dir):
@@ -126,8 +146,10 @@ def test_env_reports_modes_and_sources(monkeypatch, capsys, cache_dir):
     assert "WARPCONVNET_WGRAD_ALGO_MODE='explicit_gemm'" in rows["conv weight grad"]
     assert "auto" in rows["conv forward"] and "500 ms" in out
     monkeypatch.setenv("WARPCONVNET_FWD_ALGO_MODE", "warp_speed")
+    monkeypatch.setenv("WARPCONVNET_COMPILE_WORKERS", "abc")
     rc, out, err = _run(capsys, "env")
     assert rc == 1 and "INVALID" in out and "'warp_speed'" in err
+    assert "WARPCONVNET_COMPILE_WORKERS='abc'" in err and err.count("error: WARPCONVNET_FWD_ALGO_MODE") == 1
 
 
 def test_module_entry_point(cache_dir):

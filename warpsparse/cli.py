@@ -20,7 +20,7 @@ from warpsparse.tuner import store
 from warpsparse.tuner.identity import device_info, versions
 from warpsparse.tuner.key import bucket_range
 from warpsparse.tuner.modes import ENV_VARS, describe, env_setting, library_algorithms, parse_mode
-from warpsparse.tuner.search import BUDGET_ENV, tune_budget_ms
+from warpsparse.tuner.search import BUDGET_ENV, WORKERS_ENV, compile_workers, tune_budget_ms
 
 _OP_LABELS = {"conv_fwd": "conv forward", "conv_dgrad": "conv input grad", "conv_wgrad": "conv weight grad",
               "dw_fwd": "depthwise forward", "dw_dgrad": "depthwise input grad", "dw_wgrad": "depthwise weight grad"}
@@ -186,6 +186,10 @@ def cmd_clear(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     entries = _entries(args.device)
     target = Path(args.file)
+    if target.is_dir():
+        raise CliError(f"cannot export to {target}: it is a directory; name a file")
+    if not target.resolve().parent.is_dir():
+        raise CliError(f"cannot export to {target}: directory {target.resolve().parent} does not exist")
     store.write_document(target.resolve(), CacheDocument(entries=entries))
     print(f"exported {len(entries)} tuned signatures to {target}")
     return 0
@@ -193,6 +197,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     source = Path(args.file)
+    if source.is_dir():
+        raise CliError(f"cannot import {source}: it is a directory, not a cache file")
     if not source.is_file():
         raise CliError(f"cannot import {source}: no such file")
     try:
@@ -244,10 +250,17 @@ def cmd_env(args: argparse.Namespace) -> int:
     except ValueError as exc:
         budget = "INVALID (see below)"
         errors.append(str(exc))
+    try:
+        workers = str(compile_workers())
+    except ValueError as exc:
+        workers = "INVALID (see below)"
+        errors.append(str(exc))
     budget_from = BUDGET_ENV if os.environ.get(BUDGET_ENV, "").strip() else "default"
+    workers_from = WORKERS_ENV if os.environ.get(WORKERS_ENV, "").strip() else "usable CPUs (at most 16)"
     cache_from = store.CACHE_DIR_ENV if os.environ.get(store.CACHE_DIR_ENV) else "platformdirs default"
     print(table(["SETTING", "VALUE", "FROM"], [
         ["tuning budget per signature", budget, budget_from],
+        ["compile threads", workers, workers_from],
         ["cache file", str(store.cache_file()), cache_from],
     ]))
     print()
@@ -258,7 +271,7 @@ def cmd_env(args: argparse.Namespace) -> int:
             rows.append(["depthwise" if depthwise else "conv", name, "yes" if name in names else "no"])
     print(table(["FAMILY", "ALGORITHM", "AVAILABLE"], rows))
     print("\ndevices: " + "; ".join(_device_label(d) for d in _current_devices()))
-    for error in errors:
+    for error in dict.fromkeys(errors):  # each distinct error once
         print(f"error: {error}", file=sys.stderr)
     return 1 if errors else 0
 
@@ -276,11 +289,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
             os.environ["WARPCONVNET_FWD_ALGO_MODE"] = args.algo
             os.environ["WARPCONVNET_BWD_ALGO_MODE"] = args.algo
         if args.budget_ms is not None:
+            if not args.budget_ms > 0:
+                raise ValueError(f"--budget-ms must be a positive number of milliseconds, got {args.budget_ms:g}")
             os.environ[BUDGET_ENV] = str(args.budget_ms)
         tune_budget_ms()
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    device = torch.device(args.device)
+    if not args.voxel_size > 0:
+        raise CliError(f"--voxel-size must be a positive number of metres, got {args.voxel_size:g}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise CliError(f"--device {args.device!r}: expected cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise CliError(f"--device {args.device!r}: expected cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CliError("--device cuda: no CUDA device is available")
     dtype = getattr(torch, args.dtype)
