@@ -297,3 +297,11 @@ def test_unknown_algorithm_names_fail_when_the_module_is_made():
         wnn.SubMConv3d(2, 2, 3, bwd_algo="bogus")
     with pytest.raises(ValueError, match="fwd_algo: unknown algorithm 'bogus'"):
         wnn.SparseDepthwiseConv3d(2, 3, fwd_algo=["explicit", "bogus"])
+
+
+@pytest.mark.parametrize("make, match", [(lambda: wnn.SparseMaxPool3d(0), "kernel_size"),
+                                         (lambda: wnn.SparseAvgPool3d(2, stride=-1), "stride"),
+                                         (lambda: wnn.SparseMaxPool3d(2, padding=(1, 1)), "padding")])
+def test_bad_pooling_windows_fail_when_the_module_is_made(make, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        make()
