@@ -55,7 +55,7 @@ def layout_steps_us(scan: nets.ScanInput, maps: int = 20) -> list[tuple[str, flo
         ("+ mask sort", lambda km: km.sorted_order),
         ("+ row blocks of 64 (sorted)", lambda km: block_offsets(km, True, 64)),
         ("+ pair list", lambda km: km.pairs),
-        ("+ pair chunks (host read) and int32 pairs", lambda km: (pair_chunks(km, 256), pair_indices(km))),
+        ("+ pair chunks and int32 pairs", lambda km: (pair_chunks(km, 256), pair_indices(km))),
     ]
     out, previous = [], 0.0
     for i, (name, _) in enumerate(steps):

@@ -38,13 +38,16 @@ def _random_table(n_out: int, n_in: int, kvol: int, density: float) -> torch.Ten
 @pytest.mark.parametrize("variant", ["subm", "strided", "transposed", "isolated"])
 @pytest.mark.parametrize("chunk", [1, 3, 16, 4096])
 def test_pair_chunks_tile_each_offsets_pairs(variant, chunk):
-    """Chunks cover every offset's pairs in order, at most ``chunk`` each, never straddling two offsets."""
+    """Chunks cover every offset's pairs in order, at most ``chunk`` each, never straddling two offsets; the
+    chunks past the last (up to the bound ``ceil(P / chunk) + K``) are empty."""
     kmap = make_map(variant)
     chunks = pair_chunks(kmap, chunk)
     pairs = kmap.pairs
     start, stop, offset = chunks.start.tolist(), chunks.stop.tolist(), chunks.offset.tolist()
     bounds = chunks.bounds.tolist()
-    assert chunks.num_chunks == len(start) == len(stop) == len(offset) == bounds[-1]
+    assert chunks.num_chunks == len(start) == len(stop) == len(offset) == -(-kmap.num_pairs // chunk) + len(bounds) - 1
+    assert bounds[0] == 0 and bounds[-1] <= chunks.num_chunks
+    assert all(start[c] == stop[c] and 0 <= offset[c] < kmap.kernel_volume for c in range(bounds[-1], len(start)))
     assert len(bounds) == kmap.kernel_volume + 1 and chunks.start.device == kmap.device
     assert {t.dtype for t in (chunks.start, chunks.stop, chunks.offset, chunks.bounds)} == {torch.int64}
     pair_bounds = pairs.bounds.tolist()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from warpsparse.algorithms.triton.layouts import pair_chunks
 from warpsparse.coords import triton_hash
 from warpsparse.coords.coord_set import CoordSet
 from warpsparse.coords.geometry import ConvGeometry, submanifold_geometry
@@ -547,9 +548,9 @@ def test_submanifold_build_never_syncs_and_strided_syncs_once() -> None:
         assert len(syncs) == 1, [str(w.message) for w in syncs]
         assert out.num_points == km2.num_out
     assert km.num_out == src.num_points
-    assert km.num_pairs > 0  # the map's one host read: its pair lists (CuPy weight gradients) need no other
+    assert km.num_pairs > 0  # the map's one host read: its pair lists and chunks (weight gradients) need no other
     torch.cuda.set_sync_debug_mode("error")
     try:
-        km.pairs, km.reversed().pairs
+        km.pairs, km.reversed().pairs, pair_chunks(km, 256)
     finally:
         torch.cuda.set_sync_debug_mode(0)

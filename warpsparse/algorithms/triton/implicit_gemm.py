@@ -125,7 +125,7 @@ def _wgrad_points(sig: Signature) -> Iterator[dict[str, Any]]:
                  "num_stages": 2}
         count = cdiv(sig.c_in, block_m) * cdiv(sig.c_out, block_n)
         for chunk in chunk_lengths(sig.num_pairs, count, block_k, sms):
-            workspace = (sig.num_pairs // chunk + kvol) * sig.c_in * sig.c_out * 4
+            workspace = (cdiv(sig.num_pairs, chunk) + kvol) * sig.c_in * sig.c_out * 4  # pair_chunks' bound
             for deterministic in modes["deterministic"]:
                 if not (deterministic and workspace > limit):
                     yield {"mode": "pairs", **point, "chunk": chunk, "deterministic": deterministic}

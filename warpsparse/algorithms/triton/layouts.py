@@ -1,7 +1,6 @@
 """Per-map layouts the Triton kernels read, built on first use with device ops and cached on the map.
 
-Nothing here reads device memory back to the host but the pair chunks, laid out from the per-offset pair
-counts (:attr:`PairList.counts`, read once per map); other sizes come from the map's shape.
+Nothing here reads device memory back to the host: sizes come from the map's shape and its pair count.
 """
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -97,7 +95,7 @@ class PairChunks:
     """The pair list cut into chunks of at most ``chunk`` pairs that never straddle two offsets.
 
     Chunk ``c`` covers pairs ``start[c]:stop[c]`` of offset ``offset[c]``; the chunks of offset ``k`` are
-    ``bounds[k]:bounds[k+1]``.
+    ``bounds[k]:bounds[k+1]``. ``num_chunks`` may pass ``bounds[K]``: the chunks past it are empty.
     """
 
     start: torch.Tensor  # [C] int64
@@ -107,24 +105,52 @@ class PairChunks:
     num_chunks: int
 
 
+@fast_launch
+@triton.jit(do_not_specialize=["n_chunks", "chunk"])
+def _pair_chunks_kernel(pair_bounds_ptr, start_ptr, stop_ptr, offset_ptr, bounds_ptr, n_chunks, chunk,
+                        KV: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr):
+    """``BLOCK`` chunks per program: every program derives the offsets' chunk counts from the pair bounds and
+    their running sum (program 0 stores it as the chunk bounds), then places its chunks. Chunks past the last
+    hold no pairs (``start == stop``) and name the last offset."""
+    k = tl.arange(0, KP)
+    real = k < KV
+    lo = tl.load(pair_bounds_ptr + k, mask=real, other=0)
+    hi = tl.load(pair_bounds_ptr + k + 1, mask=real, other=0)
+    per = (hi - lo + chunk - 1) // chunk
+    ends = tl.cumsum(per, axis=0)
+    firsts = ends - per
+    if tl.program_id(0) == 0:
+        tl.store(bounds_ptr + k, firsts, mask=real)
+        tl.store(bounds_ptr + k + 1, ends, mask=real)
+    c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = c < n_chunks
+    off = tl.minimum(tl.sum(((ends[None, :] <= c[:, None]) & real[None, :]).to(tl.int32), axis=1), KV - 1)
+    mine = k[None, :] == off[:, None]
+    first = tl.sum(tl.where(mine, firsts[None, :], 0), axis=1)
+    top = tl.sum(tl.where(mine, hi[None, :], 0), axis=1)
+    start = tl.minimum(tl.sum(tl.where(mine, lo[None, :], 0), axis=1) + (c - first) * chunk, top)
+    tl.store(start_ptr + c, start, mask=live)
+    tl.store(stop_ptr + c, tl.minimum(start + chunk, top), mask=live)
+    tl.store(offset_ptr + c, off.to(tl.int64), mask=live)
+
+
 def pair_chunks(kmap: KernelMap, chunk: int) -> PairChunks:
-    """The :class:`PairChunks` of ``kmap`` for chunks of ``chunk`` pairs: laid out on the host from the pair
-    list's host counts and copied to the device in one asynchronous transfer."""
+    """The :class:`PairChunks` of ``kmap`` for chunks of ``chunk`` pairs, laid out on the device by one kernel
+    from the pair bounds (no host read): ``num_chunks`` is the bound ``ceil(P / chunk) + K``, the chunks past
+    ``bounds[K]`` are empty."""
 
     def build() -> PairChunks:
-        counts = np.asarray(kmap.pairs.counts, dtype=np.int64)
-        per_offset = -(-counts // chunk)
-        pair_bounds = np.concatenate(([0], np.cumsum(counts)))
-        bounds = np.concatenate(([0], np.cumsum(per_offset)))
-        n = int(bounds[-1])
-        offset = np.repeat(np.arange(counts.size), per_offset)
-        start = pair_bounds[offset] + (np.arange(n) - bounds[offset]) * chunk
-        stop = np.minimum(start + chunk, pair_bounds[offset + 1])
-        packed = torch.from_numpy(np.concatenate((start, stop, offset, bounds)))
-        if kmap.device.type == "cuda":  # pinned, so that the copy does not wait for the stream
-            packed = packed.pin_memory().to(kmap.device, non_blocking=True)
+        kv, pairs = kmap.kernel_volume, kmap.num_pairs
+        n = -(-pairs // chunk) + kv if pairs else 0
+        packed = torch.empty(3 * n + kv + 1, dtype=torch.int64, device=kmap.device)
+        if n:
+            kp = pow2_at_least(kv)
+            block = max(16, 4096 // kp)
+            _pair_chunks_kernel[(-(-n // block),)](kmap.pairs.bounds, packed, packed[n:], packed[2 * n:],
+                                                   packed[3 * n:], n, chunk, KV=kv, KP=kp, BLOCK=block,
+                                                   num_warps=4)
         else:
-            packed = packed.to(kmap.device)
+            packed.zero_()
         return PairChunks(packed[:n], packed[n:2 * n], packed[2 * n:3 * n], packed[3 * n:], n)
 
     return _cached(kmap, ("pair_chunks", chunk), build)
