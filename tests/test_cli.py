@@ -12,7 +12,7 @@ import torch
 from helpers_tuner import cache_dir, operands, random_map, use_registry  # noqa: F401
 from warpsparse.algorithms.base import Op
 from warpsparse.algorithms.explicit import ExplicitGemm
-from warpsparse.cache_schema import CandidateResult, DeviceInfo, Entry
+from warpsparse.cache_schema import SCHEMA_VERSION, CandidateResult, DeviceInfo, Entry
 from warpsparse.cli import main
 from warpsparse.tuner import dispatch, save_tuning_cache, store
 
@@ -78,6 +78,9 @@ def test_clear_needs_confirmation(monkeypatch, capsys):
     assert rc == 0 and "removed 3" in out and not store.cache_file().exists()
     rc, out, _ = _run(capsys, "cache", "clear", "--yes")
     assert rc == 0 and "nothing to clear" in out
+    store.cache_file().write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1, "entries": []}))
+    rc, out, _ = _run(capsys, "cache", "clear", "--yes")
+    assert rc == 0 and "removed a cache written by a newer warpsparse" in out and not store.cache_file().exists()
 
 
 def test_export_import_round_trip(monkeypatch, capsys, tmp_path):

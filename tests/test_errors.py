@@ -121,6 +121,8 @@ def test_shape_arguments_of_other_types(shape, batch, match):
 def test_coordinates_past_int32_are_a_clear_error(coords, shape):
     with pytest.raises(ValueError, match=r"coordinates are stored as int32, .* at most 2\*\*31 - 1"):
         warpsparse.SparseTensor(torch.zeros(2, 1), torch.tensor(coords), shape, None if shape is None else 1)
+    with pytest.raises(ValueError, match="coordinates are stored as int32"):  # an empty tensor on such a grid
+        warpsparse.SparseTensor(torch.zeros(0, 1), torch.zeros(0, 4, dtype=torch.int32), (2**40, 4, 4), 1)
 
 
 def test_output_grids_past_int32_are_a_clear_error():
@@ -250,8 +252,11 @@ def test_voxelize_non_finite_and_far_apart_points():
     points[4, 2] = float("inf")
     with pytest.raises(ValueError, match="points must have finite xyz; row 4 is"):
         warpsparse.voxelize(points, 1.0)
-    with pytest.raises(ValueError, match="coordinates are stored as int32"):
-        warpsparse.voxelize(torch.tensor([[0.0, 0.0, 0.0], [3e9, 0.0, 0.0]]), 1.0)
+    for far in (3e9, 1e19, 1e30):  # past int32, past int64
+        with pytest.raises(ValueError, match="coordinates are stored as int32"):
+            warpsparse.voxelize(torch.tensor([[0.0, 0.0, 0.0], [far, 0.0, 0.0]]), 1.0)
+    with pytest.raises(ValueError, match="origin must be 3 numbers"):
+        warpsparse.voxelize(torch.zeros(0, 3), 1.0, origin="abc")
 
 
 def test_voxelize_of_no_points_gives_no_sites():

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from datetime import datetime
@@ -172,14 +173,16 @@ def cmd_clear(args: argparse.Namespace) -> int:
         if input(f"delete every tuning result in {path}? [y/N] ").strip().lower() not in ("y", "yes"):
             print("kept")
             return 1
-    removed = 0
+    removed = "0 tuned signatures"
     with store.file_lock(path):
         try:
-            removed = len(store.read_document(path).entries)
+            removed = f"{len(store.read_document(path).entries)} tuned signatures"
+        except store.CacheFromNewerVersion as exc:
+            removed = f"a cache written by a newer warpsparse ({exc})"
         except store.CacheUnreadable:
             pass
         path.unlink(missing_ok=True)
-    print(f"removed {removed} tuned signatures: deleted {path}")
+    print(f"removed {removed}: deleted {path}")
     return 0
 
 
@@ -295,7 +298,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         tune_budget_ms()
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    if not args.voxel_size > 0:
+    if not (math.isfinite(args.voxel_size) and args.voxel_size > 0):
         raise CliError(f"--voxel-size must be a positive number of metres, got {args.voxel_size:g}")
     try:
         device = torch.device(args.device)

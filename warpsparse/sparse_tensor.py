@@ -79,6 +79,7 @@ def _validate_sites(coords: torch.Tensor, spatial_shape: Sequence[int] | None, b
     if coords.shape[0] == 0:
         if shape is None or batches is None:
             raise ValueError("an empty SparseTensor needs spatial_shape and batch_size")
+        key_radix(shape, batches)
         return CoordSet(sites, shape, batches)
     c = coords.long()
     parts = [c.min(dim=0).values, c.max(dim=0).values]

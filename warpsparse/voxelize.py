@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 
 from warpsparse.coords.coord_set import CoordSet
-from warpsparse.coords.keys import key_radix, pack, unpack
+from warpsparse.coords.keys import MAX_EXTENT, key_radix, pack, unpack
 from warpsparse.sparse_tensor import SparseTensor
 
 REDUCTIONS = ("mean", "sum", "max", "min")
@@ -18,7 +18,8 @@ def voxelize(points: torch.Tensor, voxel_size: float | Sequence[float], *, batch
 
     Site = floor((xyz - origin) / voxel_size); ``origin`` defaults to the per-axis minimum, so every site is
     non-negative. Features are the ``reduce`` ("mean", "sum", "max", "min") of the points' features in each
-    voxel, or of their xyz when F == 0. ``batch`` [N] gives each point's batch index (default 0).
+    voxel, or of their xyz when F == 0. ``batch`` [N] gives each point's batch index (default 0). No points
+    give a tensor without sites (spatial shape (1, 1, 1), batch size 1).
     """
     if not isinstance(points, torch.Tensor) or not points.is_floating_point():
         raise TypeError(f"points must be a floating-point tensor, got {getattr(points, 'dtype', type(points))}")
@@ -36,6 +37,7 @@ def voxelize(points: torch.Tensor, voxel_size: float | Sequence[float], *, batch
                               or batch.is_floating_point() or batch.dtype == torch.bool):
         raise ValueError(f"batch must be an integer tensor of shape [{points.shape[0]}], got "
                          f"{getattr(batch, 'dtype', type(batch).__name__)} {tuple(getattr(batch, 'shape', ()))}")
+    given = None if origin is None else _finite_values(origin, "origin", points, (3,))
     if points.shape[0] == 0:  # nothing to voxelize: no sites
         empty = torch.zeros((0, 4), dtype=torch.int32, device=points.device)
         return SparseTensor(feats[:0], empty, (1, 1, 1), 1)
@@ -43,8 +45,15 @@ def voxelize(points: torch.Tensor, voxel_size: float | Sequence[float], *, batch
     if not bool(finite.all()):
         row = int((~finite).nonzero()[0])
         raise ValueError(f"points must have finite xyz; row {row} is {xyz[row].tolist()}")
-    base = xyz.min(dim=0).values if origin is None else _finite_values(origin, "origin", points, (3,))
-    cell = torch.floor((xyz - base) / size).long()
+    base = xyz.min(dim=0).values if given is None else given
+    cell = torch.floor((xyz - base) / size)
+    far = (cell > MAX_EXTENT).any(dim=1)
+    if bool(far.any()):
+        row = int(far.nonzero()[0])
+        raise ValueError(f"point row {row} at {xyz[row].tolist()} lies {cell[row].max().item():.3g} voxels from "
+                         f"origin {base.tolist()}: coordinates are stored as int32, at most 2**31 - 1; use larger "
+                         "voxels or split the scene")
+    cell = cell.long()
     below = (cell < 0).any(dim=1)
     if bool(below.any()):
         row = int(below.nonzero()[0])

@@ -14,7 +14,7 @@ def key_radix(spatial_shape: tuple[int, int, int], batch_size: int) -> tuple[int
     if max(s0, s1, s2, batch_size) > MAX_EXTENT:
         raise ValueError(
             f"batch_size {batch_size} x spatial_shape {tuple(spatial_shape)}: coordinates are stored as int32, so "
-            "the batch size and every grid extent must be at most 2**31 - 1; use a coarser grid")
+            "the batch size and every grid extent must be at most 2**31 - 1")
     if batch_size * s0 * s1 * s2 > MAX_KEY_SPACE:
         raise ValueError(
             f"batch_size {batch_size} x spatial_shape {tuple(spatial_shape)} has "

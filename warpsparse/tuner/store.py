@@ -113,7 +113,8 @@ def _read_or_quarantine(path: Path) -> CacheDocument:
 
 
 def load_document(path: Path) -> CacheDocument:
-    """The document at ``path`` for reading; never raises (unreadable files are moved aside, errors warn once)."""
+    """The document at ``path`` for reading; never raises (unreadable files are moved aside, a newer version's
+    file is left as it is; errors warn once)."""
     try:
         return read_document(path)
     except CacheFromNewerVersion as exc:
@@ -163,8 +164,9 @@ def write_document(path: Path, doc: CacheDocument) -> None:
 def update_document(path: Path, change: Callable[[CacheDocument], CacheDocument]) -> CacheDocument:
     """Read, change and rewrite ``path`` under its file lock; the document written.
 
-    Raises ``OSError`` when the directory cannot be written and :class:`filelock.Timeout` when another
-    process holds the lock for longer than ``LOCK_TIMEOUT_S``.
+    Raises ``OSError`` when the directory cannot be written, :class:`filelock.Timeout` when another process
+    holds the lock for longer than ``LOCK_TIMEOUT_S``, and :class:`CacheFromNewerVersion` (leaving the file
+    unchanged) when a newer warpsparse wrote it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(path):

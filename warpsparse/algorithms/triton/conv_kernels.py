@@ -156,8 +156,9 @@ def wgrad_pairs_kernel(
         acc = mac(acc, xt, g, USE_DOT, PRECISION, UPCAST)
     tile = c_in * c_out
     k = tl.load(offset_ptr + chunk) if ATOMIC else 0
-    put_partial(out_ptr, acc, ci[:, None] * c_out + co[None, :], ci_ok[:, None] & co_ok[None, :], k * tile,
-                chunk.to(tl.int64) * tile, ATOMIC)
+    if stop > start:  # the chunks past the last are empty: their partials are never read
+        put_partial(out_ptr, acc, ci[:, None] * c_out + co[None, :], ci_ok[:, None] & co_ok[None, :], k * tile,
+                    chunk.to(tl.int64) * tile, ATOMIC)
 
 
 @fast_launch(precompilable=True)

@@ -59,8 +59,9 @@ def dw_wgrad_kernel(
         g = tl.load(dy_ptr + o[:, None] * stride_dy + cols[None, :], mask=ok, other=0.0)
         acc += xv.to(tl.float32) * g.to(tl.float32)
     total = tl.sum(acc, axis=0)
-    if ATOMIC:
-        k = tl.load(offset_ptr + chunk)
-        tl.atomic_add(out_ptr + k * c + cols, total, mask=col_ok)
-    else:
-        tl.store(out_ptr + chunk.to(tl.int64) * c + cols, total, mask=col_ok)
+    if stop > start:  # the chunks past the last are empty: their partials are never read
+        if ATOMIC:
+            k = tl.load(offset_ptr + chunk)
+            tl.atomic_add(out_ptr + k * c + cols, total, mask=col_ok)
+        else:
+            tl.store(out_ptr + chunk.to(tl.int64) * c + cols, total, mask=col_ok)
