@@ -33,6 +33,12 @@ def _check_features(features: torch.Tensor) -> None:
         raise ValueError(f"features must have shape [N, C], got {tuple(features.shape)}")
 
 
+def first_row(bad: torch.Tensor) -> int | None:
+    """The index of the first ``True`` of the row flags ``bad`` (one host read), ``None`` when there is none."""
+    rows = bad.nonzero()
+    return int(rows[0]) if rows.numel() else None
+
+
 def _shape_arg(spatial_shape: Sequence[int] | None) -> tuple[int, int, int] | None:
     if spatial_shape is None:
         return None
@@ -90,14 +96,14 @@ def _validate_sites(coords: torch.Tensor, spatial_shape: Sequence[int] | None, b
     stats = torch.cat(parts).tolist()
     lo, hi = stats[:4], stats[4:8]
     if min(lo) < 0:
-        bad = int((c < 0).any(dim=1).nonzero()[0])
+        bad = first_row((c < 0).any(dim=1))
         raise ValueError(f"coords must be non-negative; row {bad} is {c[bad].tolist()}")
     shape = shape or (hi[1] + 1, hi[2] + 1, hi[3] + 1)
     batches = batches or hi[0] + 1
     key_radix(shape, batches)  # the int32 coordinates and int64 keys must hold them
     if hi[0] >= batches or any(h >= s for h, s in zip(hi[1:], shape)):
         outside = (c >= torch.tensor([batches, *shape], device=coords.device)).any(dim=1)
-        bad = int(outside.nonzero()[0])
+        bad = first_row(outside)
         raise ValueError(f"coords row {bad} = {c[bad].tolist()} lies outside batch_size={batches}, "
                          f"spatial_shape={shape}")
     result = candidate or CoordSet(sites, shape, batches)

@@ -7,7 +7,7 @@ import torch
 
 from warpsparse.coords.coord_set import CoordSet
 from warpsparse.coords.keys import MAX_EXTENT, key_radix, pack, unpack
-from warpsparse.sparse_tensor import SparseTensor
+from warpsparse.sparse_tensor import SparseTensor, first_row
 
 REDUCTIONS = ("mean", "sum", "max", "min")
 
@@ -41,30 +41,27 @@ def voxelize(points: torch.Tensor, voxel_size: float | Sequence[float], *, batch
     if points.shape[0] == 0:  # nothing to voxelize: no sites
         empty = torch.zeros((0, 4), dtype=torch.int32, device=points.device)
         return SparseTensor(feats[:0], empty, (1, 1, 1), 1)
-    finite = torch.isfinite(xyz).all(dim=1)
-    if not bool(finite.all()):
-        row = int((~finite).nonzero()[0])
+    row = first_row(~torch.isfinite(xyz).all(dim=1))
+    if row is not None:
         raise ValueError(f"points must have finite xyz; row {row} is {xyz[row].tolist()}")
     base = xyz.min(dim=0).values if given is None else given
     cell = torch.floor((xyz - base) / size)
-    far = (cell > MAX_EXTENT).any(dim=1)
-    if bool(far.any()):
-        row = int(far.nonzero()[0])
+    row = first_row((cell > MAX_EXTENT).any(dim=1))
+    if row is not None:
         raise ValueError(f"point row {row} at {xyz[row].tolist()} lies {cell[row].max().item():.3g} voxels from "
                          f"origin {base.tolist()}: coordinates are stored as int32, at most 2**31 - 1; use larger "
                          "voxels or split the scene")
     cell = cell.long()
-    below = (cell < 0).any(dim=1)
-    if bool(below.any()):
-        row = int(below.nonzero()[0])
+    row = first_row((cell < 0).any(dim=1))
+    if row is not None:
         raise ValueError(f"point row {row} at {xyz[row].tolist()} lies below origin {base.tolist()}; pass an "
                          "origin at or below every point")
     if batch is None:
         b = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
     else:
         b = batch.to(points.device).long()
-        if bool((b < 0).any()):
-            row = int((b < 0).nonzero()[0])
+        row = first_row(b < 0)
+        if row is not None:
             raise ValueError(f"batch indices must be non-negative; row {row} is {int(b[row])}")
     coords = torch.cat([b[:, None], cell], dim=1)
     hi = coords.max(dim=0).values.tolist()

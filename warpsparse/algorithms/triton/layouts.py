@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from warpsparse.coords.kernel_map import KernelMap
-from warpsparse.triton_launch import fast_launch, pow2_at_least
+from warpsparse.triton_launch import cdiv, fast_launch, pow2_at_least
 
 _CACHE: "weakref.WeakKeyDictionary[KernelMap, dict[Any, Any]]" = weakref.WeakKeyDictionary()
 
@@ -141,12 +141,12 @@ def pair_chunks(kmap: KernelMap, chunk: int) -> PairChunks:
 
     def build() -> PairChunks:
         kv, pairs = kmap.kernel_volume, kmap.num_pairs
-        n = -(-pairs // chunk) + kv if pairs else 0
+        n = cdiv(pairs, chunk) + kv if pairs else 0
         packed = torch.empty(3 * n + kv + 1, dtype=torch.int64, device=kmap.device)
         if n:
             kp = pow2_at_least(kv)
             block = max(16, 4096 // kp)
-            _pair_chunks_kernel[(-(-n // block),)](kmap.pairs.bounds, packed, packed[n:], packed[2 * n:],
+            _pair_chunks_kernel[(cdiv(n, block),)](kmap.pairs.bounds, packed, packed[n:], packed[2 * n:],
                                                    packed[3 * n:], n, chunk, KV=kv, KP=kp, BLOCK=block,
                                                    num_warps=4)
         else:
