@@ -11,8 +11,12 @@ Triple = tuple[int, int, int]
 
 def triple(value: int | tuple[int, ...] | list[int], name: str, minimum: int = 0) -> Triple:
     """Normalise an int or 3-sequence argument, with a clear error naming ``name``."""
-    if type(value) is int and value >= minimum:  # the common case, checked first
+    if type(value) is int and value >= minimum:  # the common cases, checked first
         return value, value, value
+    if type(value) is tuple and len(value) == 3:
+        a, b, c = value
+        if type(a) is int and type(b) is int and type(c) is int and min(a, b, c) >= minimum:
+            return value  # type: ignore[return-value]
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int or a tuple of 3 ints, got {value!r}")
     if isinstance(value, int):
