@@ -165,6 +165,9 @@ def test_even_kernel_for_submanifold(kernel):
     ((3, 3), TypeError, r"kernel_size must be an int or a tuple of 3 ints, got \(3, 3\)"),
     (2.5, TypeError, r"kernel_size must be an int or a tuple of 3 ints, got 2.5"),
     (True, TypeError, r"kernel_size must be an int or a tuple of 3 ints, got True"),
+    ((3, True, 3), TypeError, r"kernel_size must be an int or a tuple of 3 ints, got \(3, True, 3\)"),
+    ((3, 3, 2.0), TypeError, r"kernel_size must be an int or a tuple of 3 ints, got \(3, 3, 2.0\)"),
+    ((3, 3, 0), ValueError, r"kernel_size must be >= 1 on every axis, got \(3, 3, 0\)"),
 ])
 def test_unsupported_kernel_sizes(kernel, error, match):
     for make in (lambda: wnn.SparseConv3d(2, 2, kernel), lambda: wnn.SpatiallySparseConv(2, 2, kernel),
