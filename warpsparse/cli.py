@@ -301,10 +301,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.voxel_size) and args.voxel_size > 0):
         raise CliError(f"--voxel-size must be a positive number of metres, got {args.voxel_size:g}")
     try:
-        device = torch.device(args.device)
+        device: torch.device | None = torch.device(args.device)
     except RuntimeError:
-        raise CliError(f"--device {args.device!r}: expected cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
         raise CliError(f"--device {args.device!r}: expected cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CliError("--device cuda: no CUDA device is available")
