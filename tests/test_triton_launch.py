@@ -93,6 +93,14 @@ def test_dtype_and_values_in_one_class_share(kernel):
     assert _paths(kernel) == ["triton", "fast", "triton"]
 
 
+def test_constexpr_passed_by_position_is_keyed_by_value(kernel):
+    x = torch.zeros(8)
+    kernel[(1,)](x, 3, 32)
+    kernel[(1,)](x, 5, 32)
+    kernel[(1,)](x, 5, 64)
+    assert _paths(kernel) == ["triton", "fast", "triton"]
+
+
 def test_parameter_left_to_default_always_binds_in_triton(kernel):
     kernel[(1,)](torch.zeros(8), 3)
     kernel[(1,)](torch.zeros(8), 3)

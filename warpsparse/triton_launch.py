@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
-from typing import Any, Callable, Hashable, Iterator, NamedTuple
+from typing import Any, Callable, Hashable, Iterable, Iterator, NamedTuple
 
 import torch
 from triton import knobs
@@ -38,24 +38,21 @@ def pow2_at_least(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def _spec(value: Any, constexpr: bool) -> Hashable:
-    """What Triton may specialize a kernel on for one argument (finer is safe, coarser would not be)."""
-    if constexpr:
-        return value
-    kind = type(value)
-    if kind is torch.Tensor or isinstance(value, torch.Tensor):
-        return value.dtype, value.data_ptr() % 16 == 0
-    if kind is int:
-        return value == 1, value % 16 == 0, -2**31 <= value < 2**31, value < 2**63
-    if kind is bool or kind is float or value is None:
-        return kind
-    return kind, value
+def _arg_keys(args: Iterable[Any]) -> list[Hashable]:
+    """Per non-constexpr argument, what Triton may specialize a kernel on (finer is safe, coarser would not be):
+    an int's equality to 1, divisibility by 16 and width; a tensor's dtype and 16-byte alignment; the type of a
+    bool, float or ``None``; any other value itself. One comprehension, ints (the most) tested first."""
+    return [(a == 1, a & 15 == 0, -2**31 <= a < 2**31, a < 2**63) if type(a) is int
+            else (a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, torch.Tensor)
+            else type(a) if a is None or type(a) is bool or type(a) is float
+            else (type(a), a) for a in args]
 
 
 def _hooked() -> bool:
     """Whether a launch hook is installed (Triton's hook chains, or a plain hook on older knobs)."""
     runtime = knobs.runtime
-    return any(bool(getattr(hook, "calls", hook)) for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook))
+    enter, leave = runtime.launch_enter_hook, runtime.launch_exit_hook
+    return bool(getattr(enter, "calls", enter)) or bool(getattr(leave, "calls", leave))
 
 
 def _stream_of(device: int) -> int:
@@ -94,6 +91,8 @@ class FastLaunch:
         self.precompilable = precompilable
         self.arg_names: tuple[str, ...] = tuple(fn.arg_names)
         self.constexpr: tuple[bool, ...] = tuple(bool(p.is_constexpr) for p in fn.params)
+        #: how many leading parameters are not constexpr: positional arguments within them need no per-argument test
+        self.plain = self.constexpr.index(True) if True in self.constexpr else len(self.constexpr)
         self.compiled: dict[Hashable, _Entry] = {}
 
     def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., Any]:
@@ -101,7 +100,13 @@ class FastLaunch:
 
     def launch(self, grid: tuple[int, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         device = torch.cuda.current_device()
-        key = device, *kwargs.items(), *map(_spec, args, self.constexpr)
+        plain = self.plain
+        if len(args) <= plain:
+            key = device, *kwargs.items(), *_arg_keys(args)
+        else:
+            key = device, *kwargs.items(), *_arg_keys(args[:plain]), *(
+                value if constexpr else _arg_keys((value,))[0]
+                for value, constexpr in zip(args[plain:], self.constexpr[plain:]))
         entry = self.compiled.get(key)
         if self.precompilable and _precompiling.get():
             if entry is None:
