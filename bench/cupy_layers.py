@@ -7,7 +7,8 @@ Every parameter point of each op is compiled ahead in parallel processes, checke
 explicit algorithm (fp64 / fp32 reference), and timed with ``triton.testing.do_bench`` (CUDA events, L2
 flushed, median); explicit_gemm is timed at each of its points too. The host time of a cache-hit call is
 the median over bursts of 10 calls of the 32-channel fp16 forward, each burst started on an idle GPU.
-Prints a Markdown table; ``--out`` also writes ``cupy_layers.json``.
+Prints a Markdown table; ``--out`` also writes ``cupy_layers.json`` (the rows and the
+:func:`bench.timing.environment` record).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import argparse
 import cProfile
 import json
 import pstats
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,15 +25,18 @@ import numpy as np
 import torch
 from triton.testing import do_bench
 
-import warpsparse.algorithms  # noqa: F401  (registers the explicit algorithms)
-import warpsparse.algorithms.cupy  # noqa: F401  (registers the CuPy algorithms)
-from warpsparse.algorithms import registry
-from warpsparse.algorithms.base import Op, Signature
-from warpsparse.algorithms.cupy import runtime
-from warpsparse.coords.coord_set import CoordSet
-from warpsparse.coords.geometry import submanifold_geometry
-from warpsparse.coords.kernel_map import KernelMap
-from warpsparse.coords.maps import build_kernel_map
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.timing import environment  # noqa: E402
+import warpsparse.algorithms  # noqa: E402,F401  (registers the explicit algorithms)
+import warpsparse.algorithms.cupy  # noqa: E402,F401  (registers the CuPy algorithms)
+from warpsparse.algorithms import registry  # noqa: E402
+from warpsparse.algorithms.base import Op, Signature  # noqa: E402
+from warpsparse.algorithms.cupy import runtime  # noqa: E402
+from warpsparse.coords.coord_set import CoordSet  # noqa: E402
+from warpsparse.coords.geometry import submanifold_geometry  # noqa: E402
+from warpsparse.coords.kernel_map import KernelMap  # noqa: E402
+from warpsparse.coords.maps import build_kernel_map  # noqa: E402
 
 SCAN = Path(__file__).resolve().parents[1] / "warpsparse" / "data" / "waymo-scan-spconv.npz"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "tf32": torch.float32}
@@ -182,7 +187,8 @@ def main() -> None:
         print(f"\ncache-hit host time of the 32-channel fp16 forward: {host[0]:.1f} us per call")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "cupy_layers.json").write_text(json.dumps(rows, indent=1, default=str))
+        result = {"environment": environment(torch.device("cuda")), "rows": rows}
+        (args.out / "cupy_layers.json").write_text(json.dumps(result, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -15,16 +15,16 @@ Layers: ``subm`` (SubM 3x3x3) and ``down`` (3x3x3 stride 2 padding 1). For each 
 - cuBLAS dense GEMM ``[P, C] @ [C, C]`` over the layer's pair count P, the ceiling.
 
 Every parameter point is compiled ahead in ``--jobs`` worker processes (Triton's and CuPy's disk caches),
-then timed with ``triton.testing.do_bench`` (CUDA events, median). Writes ``layers.json`` (every point's time)
-to ``--out`` (default ``$OUT`` or ``bench/results``) after every layer, the tuner's log (``tuner.log``) and a
-profile of the 64-channel fp16 module step, and prints a Markdown table last. ``--ncu-target`` runs only the
-256-channel fp16 forward at its best swept point, for Nsight Compute.
+then timed with ``triton.testing.do_bench`` (CUDA events, median). Writes ``layers.json`` (every point's time
+and the :func:`bench.timing.environment` record) to ``--out`` (default ``$OUT`` or ``bench/results``) after
+every layer, the tuner's log (``tuner.log``) and a profile of the 64-channel fp16 module step, and prints a
+Markdown table last. ``--ncu-target`` runs only the 256-channel fp16 forward at its best swept point, for
+Nsight Compute.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
-import datetime
 import json
 import logging
 import multiprocessing
@@ -38,11 +38,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import triton
 from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.timing import environment, versions  # noqa: E402
 import warpsparse  # noqa: E402
 import warpsparse.algorithms.triton  # noqa: E402,F401  (registers the Triton algorithms)
 from warpsparse.algorithms import Op, Signature, registry  # noqa: E402
@@ -348,10 +348,8 @@ def main() -> None:
     if args.jobs > 1:
         precompile(cases, args.algos, default_only, args.jobs)
     spconv = None if args.no_modules else import_spconv()
-    meta = {"gpu": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
-            "torch": torch.__version__, "triton": triton.__version__, "warpsparse": warpsparse.__version__,
-            "spconv": getattr(sys.modules.get("spconv"), "__version__", None),
-            "tune_budget_ms": os.environ.get("WARPCONVNET_TUNE_BUDGET_MS", "default")}
+    env = environment(torch.device("cuda"))
+    meta: dict[str, Any] = {"tune_budget_ms": os.environ.get("WARPCONVNET_TUNE_BUDGET_MS", "default")}
     rows: list[dict[str, Any]] = []
     sweeps: list[dict[str, Any]] = []
     for case in cases:
@@ -383,8 +381,9 @@ def main() -> None:
                 print(row["module_error"])
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if not k.endswith("_params")}), flush=True)
-        (out / "layers.json").write_text(json.dumps({"meta": meta, "rows": rows, "sweeps": sweeps}, indent=1))
-    print(f"\n{meta}\n")
+        (out / "layers.json").write_text(json.dumps({"environment": env, "meta": meta, "rows": rows, "sweeps": sweeps},
+                                                    indent=1))
+    print(f"\nversions: {versions(env)}; {meta}\n")
     print(table(rows))
 
 

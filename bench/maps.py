@@ -12,14 +12,13 @@ every column in turn) of:
 - ``spconv igemm``: spconv's ``get_indice_pairs_implicit_gemm`` (MaskImplicitGemm, forward only: its maps,
   masks and mask argsort), and ``spconv native``: ``get_indice_pairs`` (pair lists).
 
-Writes ``maps.json`` to ``--out`` and prints a Markdown table. ``--sweep`` first picks the launch settings of
-the Triton kernels (the fastest of a few per kernel family, used for the table) and writes a per-kernel
-profile.
+Writes ``maps.json`` (the rows and the :func:`bench.timing.environment` record) to ``--out`` and prints a
+Markdown table. ``--sweep`` first picks the launch settings of the Triton kernels (the fastest of a few per
+kernel family, used for the table) and writes a per-kernel profile.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
 import sys
@@ -28,12 +27,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import triton
 from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.timing import per_call  # noqa: E402
+from bench.timing import environment, per_call, versions  # noqa: E402
 from warpsparse.coords import triton_hash, triton_maps  # noqa: E402
 from warpsparse.coords.triton_hash import Launch  # noqa: E402
 from warpsparse.coords.coord_set import CoordSet  # noqa: E402
@@ -259,23 +257,17 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("bench/maps.py needs a CUDA device")
     args.out.mkdir(parents=True, exist_ok=True)
-    gpu = torch.cuda.get_device_name()
-    date = datetime.date.today().isoformat()
-    result: dict[str, Any] = dict(gpu=gpu, date=date, torch=torch.__version__, triton=triton.__version__)
-    try:
-        import spconv
-        result["spconv"] = spconv.__version__
-    except ImportError:
-        result["spconv"] = None
+    env = environment(torch.device("cuda"))
+    result: dict[str, Any] = {"environment": env}
     if args.sweep:
         result["sweep"] = sweep()
         profile(args.out / "profile.txt")
     result["rows"] = [r for v in VOXELS for r in measure(v)]
     (args.out / "maps.json").write_text(json.dumps(result, indent=1))
-    print(markdown(result["rows"], gpu, date))
+    print(markdown(result["rows"], env["gpu"], env["date"]))
     print()
-    print(markdown(result["rows"], gpu, date, suffix=" wall"))
-    print(f"\nversions: torch {result['torch']}, triton {result['triton']}, spconv {result['spconv']}")
+    print(markdown(result["rows"], env["gpu"], env["date"], suffix=" wall"))
+    print(f"\nversions: {versions(env)}")
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,7 @@ from torch import nn
 
 import warpsparse
 from warpsparse import nn as wnn
-from warpsparse.demo import SCAN_BOX, load_scan
+from warpsparse.demo import ROTATION_SEED, SCAN_BOX, load_scan, rotation_angles
 
 #: Channels of spconv's benchmark network: SubM in->64->64, then six [max-pool 2/2, SubM c->c', SubM c'->c'].
 SPCONV_NET_WIDTHS = (64, 96, 128, 160, 192, 224, 256)
@@ -35,13 +35,16 @@ MIN_GRID = 2 ** 6
 
 @dataclass(frozen=True)
 class ScanInput:
-    """Voxels of the bundled scan: features [N, C] fp32, coords [N, 4] int32 (batch, x0, x1, x2)."""
+    """Voxels of the bundled scan: features [N, C] fp32, coords [N, 4] int32 (batch, x0, x1, x2); the copies of
+    a batch are rotated about the vertical axis by ``angles_deg``, drawn from ``seed``."""
 
     features: torch.Tensor
     coords: torch.Tensor
     spatial_shape: tuple[int, int, int]
     batch_size: int
     voxel_size: float
+    seed: int
+    angles_deg: tuple[float, ...]
 
     @property
     def num_sites(self) -> int:
@@ -53,7 +56,8 @@ class ScanInput:
         return f"{scans} @ {self.voxel_size:g} m"
 
     def to(self, dtype: torch.dtype) -> "ScanInput":
-        return ScanInput(self.features.to(dtype), self.coords, self.spatial_shape, self.batch_size, self.voxel_size)
+        return ScanInput(self.features.to(dtype), self.coords, self.spatial_shape, self.batch_size, self.voxel_size,
+                         self.seed, self.angles_deg)
 
 
 def box_grid(voxel_size: float) -> tuple[int, int, int]:
@@ -63,12 +67,13 @@ def box_grid(voxel_size: float) -> tuple[int, int, int]:
     return tuple(max(MIN_GRID, math.ceil((h - l) / voxel_size - 1e-6)) for l, h in zip(lo, hi))  # type: ignore
 
 
-def load_input(voxel_size: float, device: torch.device, batch_size: int = 1) -> ScanInput:
-    """The bundled scan voxelized at ``voxel_size`` on ``device`` (``batch_size`` > 1: randomly rotated copies),
-    on the grid :func:`box_grid`."""
-    scan = load_scan(voxel_size, device, batch_size)
+def load_input(voxel_size: float, device: torch.device, batch_size: int = 1, seed: int = ROTATION_SEED) -> ScanInput:
+    """The bundled scan voxelized at ``voxel_size`` on ``device`` (``batch_size`` > 1: copies rotated by angles
+    drawn from ``seed``), on the grid :func:`box_grid`."""
+    scan = load_scan(voxel_size, device, batch_size, seed)
+    angles = tuple(math.degrees(a) for a in rotation_angles(batch_size, seed).tolist())
     return ScanInput(scan.features.float().contiguous(), scan.coords.contiguous(), box_grid(voxel_size),
-                     scan.batch_size, voxel_size)
+                     scan.batch_size, voxel_size, seed, angles)
 
 
 class Backend(ABC):

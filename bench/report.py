@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from bench.timing import ratio
+from bench.timing import ratio, versions
 
 SPCONV = "spconv"
 REFERENCE_INPUT = "scan @ 0.1 m"
@@ -312,15 +312,11 @@ def key_results(results: dict[str, Any]) -> list[str]:
 def markdown(results: dict[str, Any]) -> str:
     env = results.get("environment", {})
     wl = results.get("workloads", {})
-    gpu = env.get("gpu") or f"CPU ({env.get('cpu')})"
     peer = "the peer" if env.get("peer") else env.get("peer_note") or "no peer"
     commit = env.get("git_commit") or "no git"
     commit = commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
     out = ["# warpsparse benchmark results", "",
-           f"{gpu}, driver {env.get('driver') or '-'}, {env.get('date')}; torch {env.get('torch')} "
-           f"(CUDA {env.get('cuda_runtime') or '-'}), triton {env.get('triton') or '-'}, "
-           f"cupy {env.get('cupy') or '-'}, spconv {env.get('spconv') or '-'} ({peer}); "
-           f"warpsparse {env.get('warpsparse')} ({commit}); "
+           f"{versions(env)} ({peer}); {env.get('date')}; warpsparse {env.get('warpsparse')} ({commit}); "
            f"algorithms {', '.join(env.get('algorithms', []))}.", ""]
     cfg = results.get("config", {})
     out += [f"Configuration: device {cfg.get('device')}, dtypes {', '.join(cfg.get('dtypes', []))}, warpsparse "
@@ -371,8 +367,56 @@ def _status(section: dict[str, Any]) -> list[str]:
 # plots
 
 
+LAYER_PASSES = (("fwd", "fwd"), ("fwd+bwd", "fwdbwd"))
+
+
+def layer_speedups(results: dict[str, Any]) -> tuple[list[str], dict[str, list[float | None]]]:
+    """Speed-ups of warpsparse AUTO per layer, channel count, dtype and pass, from the ``layers.json`` rows of the
+    ``layers`` workload (``bench/layers.py``): bar labels and, per comparison present, one value per label.
+
+    ``vs spconv``: spconv's module time over AUTO's. ``vs explicit_gemm``: the ``explicit_gemm`` kernel time on a
+    prebuilt map over AUTO's module time, left out where the module builds its maps in the call.
+    """
+    files = results.get("workloads", {}).get("layers", {}).get("files", {})
+    rows = files.get("layers.json", {}).get("rows", [])
+    labels: list[str] = []
+    series: dict[str, list[float | None]] = {"vs spconv (module)": [], "vs explicit_gemm (kernel)": []}
+    for r in rows:
+        for name, key in LAYER_PASSES:
+            auto = r.get(f"ws_auto_{key}_ms")
+            spconv = ratio(r.get(f"spconv_{key}_ms"), auto)
+            explicit = None if r.get("maps_in_call") else ratio(r.get(f"explicit_gemm_{key}_ms"), auto)
+            if spconv is None and explicit is None:
+                continue
+            labels.append(f"{r['label']}{' (maps in call)' if r.get('maps_in_call') else ''} {name}")
+            series["vs spconv (module)"].append(spconv)
+            series["vs explicit_gemm (kernel)"].append(explicit)
+    return labels, {k: v for k, v in series.items() if any(x is not None for x in v)}
+
+
+def _speedup_plot(plt: Any, path: Path, labels: list[str], series: dict[str, list[float | None]], xlabel: str,
+                  title: str) -> None:
+    """Horizontal bars of speed-ups: one group per label, one bar per series (none where a value is missing) and
+    a line at 1x; written to ``path``."""
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) * len(series) + 1.5))
+    height = 0.8 / len(series)
+    for j, (name, values) in enumerate(series.items()):
+        ax.barh([i + j * height for i in range(len(labels))], [math.nan if v is None else v for v in values],
+                height, label=name)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks([i + height * (len(series) - 1) / 2 for i in range(len(labels))], labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def make_plots(results: dict[str, Any], out_dir: Path) -> list[str]:
-    """PNG plots of the speed-ups per network and of AUTO's regret per layer; ``[]`` without matplotlib."""
+    """PNG plots of the speed-ups per network and per layer and of AUTO's regret per layer (each where its
+    workload has results); the file names, ``[]`` without matplotlib."""
     try:
         import matplotlib
 
@@ -381,27 +425,22 @@ def make_plots(results: dict[str, Any], out_dir: Path) -> list[str]:
     except ImportError:
         return []
     wl = results.get("workloads", {})
+    device = results.get("environment", {}).get("gpu") or "CPU"
     written = []
     rows = [r for n in NETWORK_SECTIONS for r in wl.get(n, {}).get("rows", [])]
     lines, impls = network_lines(rows)
     if len(impls) > 1:
-        primary, others = impls[0], impls[1:]
-        labels = [f"{ln.network} {ln.input} {ln.precision} {ln.pass_}" for ln in lines]
-        fig, ax = plt.subplots(figsize=(9, 0.45 * len(lines) * len(others) + 1.5))
-        height = 0.8 / len(others)
-        for j, other in enumerate(others):
-            values = [ratio(ln.ms(other), ln.ms(primary)) or 0.0 for ln in lines]
-            ax.barh([i + j * height for i in range(len(lines))], values, height, label=f"vs {other}")
-        ax.axvline(1.0, color="black", linewidth=0.8)
-        ax.set_yticks([i + height * (len(others) - 1) / 2 for i in range(len(lines))], labels, fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlabel(f"speed-up of {primary} (x)")
-        ax.legend(fontsize=7)
-        ax.set_title(f"Networks: {results.get('environment', {}).get('gpu') or 'CPU'}", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(out_dir / "networks_speedup.png", dpi=120)
-        plt.close(fig)
+        primary = impls[0]
+        _speedup_plot(plt, out_dir / "networks_speedup.png",
+                      [f"{ln.network} {ln.input} {ln.precision} {ln.pass_}" for ln in lines],
+                      {f"vs {o}": [ratio(ln.ms(o), ln.ms(primary)) for ln in lines] for o in impls[1:]},
+                      f"speed-up of {primary} (x)", f"Networks: {device}")
         written.append("networks_speedup.png")
+    labels, series = layer_speedups(results)
+    if series:
+        _speedup_plot(plt, out_dir / "layers_speedup.png", labels, series,
+                      "speed-up of warpsparse AUTO (module) (x)", f"Layers (bench/layers.py): {device}")
+        written.append("layers_speedup.png")
     regret_rows = [r for r in wl.get("regret", {}).get("rows", []) if r.get("regret") is not None]
     if regret_rows:
         fig, ax = plt.subplots(figsize=(9, 0.3 * len(regret_rows) + 1.5))

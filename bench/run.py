@@ -11,7 +11,8 @@ Workloads (each under the time ``--budget-s`` leaves):
 - ``spconv_net``: spconv's benchmark network, a fresh sparse tensor every call (map building included),
   forward and forward+backward, per dtype; warpsparse (each of ``--algos``) vs spconv, with peak memory;
 - ``minkunet``: a MinkUNet-style encoder-decoder, forward+backward (half precision under autocast) and fp32;
-- ``batch4``: spconv's benchmark network on a batch of 4 randomly rotated copies of the scan;
+- ``batch4``: spconv's benchmark network on a batch of 4 copies of the scan, rotated by angles drawn from a
+  fixed seed (both recorded);
 - ``layers``, ``maps``: the per-layer and map-build benchmarks of ``bench/layers.py`` and ``bench/maps.py``;
 - ``regret``: per layer and op of a suite, the time of AUTO's choice over the best of every candidate timed.
 
@@ -266,6 +267,9 @@ def network_workload(run: Run, network: str, section: dict[str, Any], batch_size
     """Fill ``section`` with the timings of ``network`` on the scan (``batch_size`` copies), per dtype."""
     inp = run.input(batch_size)
     note = f"{inp.label}: {inp.num_sites} voxels, grid {inp.spatial_shape}"
+    if batch_size > 1:
+        section["rotations"] = {"seed": inp.seed, "angles_deg": list(inp.angles_deg)}
+        note += f"; copies rotated by {', '.join(f'{a:.1f}' for a in inp.angles_deg)} deg (seed {inp.seed})"
     if note not in section["notes"]:
         section["notes"].append(note)
     with run.caches(network):

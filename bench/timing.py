@@ -266,3 +266,12 @@ def environment(device: torch.device) -> dict[str, Any]:
     else:
         env.update(gpu=None, driver=None)
     return env
+
+
+def versions(env: dict[str, Any]) -> str:
+    """One line of an :func:`environment` record: the GPU (or CPU) and driver, then the torch (CUDA runtime),
+    triton, cupy and spconv versions, ``-`` where absent."""
+    gpu = env.get("gpu") or f"CPU ({env.get('cpu')})"
+    return (f"{gpu}, driver {env.get('driver') or '-'}; torch {env.get('torch')} "
+            f"(CUDA {env.get('cuda_runtime') or '-'}), triton {env.get('triton') or '-'}, "
+            f"cupy {env.get('cupy') or '-'}, spconv {env.get('spconv') or '-'}")

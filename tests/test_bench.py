@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from bench import networks as nets
+from bench import report
 from bench.run import main
+from warpsparse.demo import load_scan, rotation_angles
 
-WORKLOADS = "tuning,spconv_net,regret,layers,maps"
+WORKLOADS = "tuning,spconv_net,batch4,regret,layers,maps"
 
 
 def _run(tmp_path, monkeypatch, *args):
@@ -70,6 +72,11 @@ def test_entry_point_tiny_cpu(tmp_path, monkeypatch):
     summary = regret["summary"]
     assert summary["count"] == 9 and 1.0 <= summary["median"] <= summary["worst"]
 
+    batch4 = wl["batch4"]
+    assert batch4["status"] == "ok" and batch4["rows"]
+    angles = [math.degrees(a) for a in rotation_angles(4).tolist()]
+    assert batch4["rotations"] == {"seed": 0, "angles_deg": pytest.approx(angles)}
+
     assert wl["maps"]["status"] == "skipped"  # needs a GPU
     assert wl["layers"]["status"] in ("ok", "skipped")
 
@@ -81,6 +88,78 @@ def test_entry_point_tiny_cpu(tmp_path, monkeypatch):
     if importlib.util.find_spec("matplotlib") is not None:
         assert "regret.png" in plots
     assert all((out / p).stat().st_size > 0 for p in plots)
+    assert "layers_speedup.png" not in plots  # no layers results on CPU
+
+
+def test_rotated_batch_is_seeded():
+    """The same seed gives the same batch of rotated copies, another seed other copies; the first is the scan."""
+    a, b = load_scan(3.2, batch_size=4, seed=7), load_scan(3.2, batch_size=4, seed=7)
+    assert torch.equal(a.coords, b.coords) and torch.equal(a.features, b.features)
+    assert not torch.equal(a.coords, load_scan(3.2, batch_size=4, seed=8).coords)
+    first = a.coords[a.coords[:, 0] == 0]
+    assert torch.equal(first, load_scan(3.2).coords)
+    angles = rotation_angles(4, seed=7)
+    assert angles[0] == 0 and ((angles[1:] > 0) & (angles[1:] < 2 * math.pi)).all()
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        rotation_angles(0)
+
+
+def _layer_row(label, maps_in_call, ms):
+    """A row of ``layers.json`` as ``bench/layers.py`` writes it (kernel sweeps, dense GEMM, module times)."""
+    layer, channels, dtype = label.split()
+    c = int(channels.split("->")[0])
+    row = {"label": label, "layer": layer, "c": c, "dtype": dtype, "n_in": 125655, "n_out": 125655,
+           "pairs": 791727, "dense_ms": 0.057, "maps_in_call": maps_in_call}
+    for op in ("conv_fwd", "conv_dgrad", "conv_wgrad"):
+        for algo in ("explicit_gemm", "implicit_gemm"):
+            row[f"{algo}_{op}_ms"] = 0.1
+            row[f"{algo}_{op}_params"] = {"chunk": 256}
+    row.update(ms)
+    return row
+
+
+LAYER_ROWS = [
+    _layer_row("subm 64->64 fp16", False, {"explicit_gemm_fwd_ms": 1.2, "explicit_gemm_fwdbwd_ms": 2.4,
+                                           "ws_auto_fwd_ms": 0.1, "ws_auto_fwdbwd_ms": 0.8,
+                                           "spconv_fwd_ms": 0.3, "spconv_fwdbwd_ms": 1.0}),
+    _layer_row("down 64->64 fp16", True, {"explicit_gemm_fwd_ms": 1.5, "explicit_gemm_fwdbwd_ms": 3.0,
+                                          "ws_auto_fwd_ms": 1.3, "ws_auto_fwdbwd_ms": 3.3,
+                                          "spconv_fwd_ms": 1.3, "spconv_fwdbwd_ms": 2.3}),
+    _layer_row("subm 16->16 fp32", False, {"module_error": "Traceback ..."}),  # no module times
+]
+
+
+def _layers_results(rows):
+    section = {"rows": [], "checks": [], "notes": [], "status": "ok", "stdout": "",
+               "files": {"layers.json": {"environment": {}, "meta": {}, "rows": rows, "sweeps": []}}}
+    return {"environment": {"gpu": "NVIDIA H200"}, "workloads": {"layers": section}}
+
+
+def test_layer_speedups():
+    labels, series = report.layer_speedups(_layers_results(LAYER_ROWS))
+    assert labels == ["subm 64->64 fp16 fwd", "subm 64->64 fp16 fwd+bwd", "down 64->64 fp16 (maps in call) fwd",
+                      "down 64->64 fp16 (maps in call) fwd+bwd"]
+    assert series["vs spconv (module)"] == pytest.approx([3.0, 1.25, 1.0, 2.3 / 3.3])
+    # kernel times on a prebuilt map are not compared with a module that builds its maps in the call
+    assert series["vs explicit_gemm (kernel)"] == pytest.approx([12.0, 3.0, None, None])
+    no_peer = [{k: v for k, v in r.items() if not k.startswith("spconv")} for r in LAYER_ROWS]
+    assert list(report.layer_speedups(_layers_results(no_peer))[1]) == ["vs explicit_gemm (kernel)"]
+
+
+def test_layer_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    written = report.make_plots(_layers_results(LAYER_ROWS), tmp_path)
+    assert written == ["layers_speedup.png"]
+    assert (tmp_path / "layers_speedup.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("layers", [None, {"rows": [], "checks": [], "notes": ["bench/layers.py needs a CUDA device"],
+                                           "status": "skipped"}, _layers_results([])["workloads"]["layers"]])
+def test_no_layer_plot_without_layer_results(tmp_path, layers):
+    pytest.importorskip("matplotlib")
+    results = {"environment": {}, "workloads": {} if layers is None else {"layers": layers}}
+    assert report.make_plots(results, tmp_path) == []
+    assert not (tmp_path / "layers_speedup.png").exists()
 
 
 def test_output_difference_aligns_sites():

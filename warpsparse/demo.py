@@ -17,6 +17,8 @@ from warpsparse import SparseTensor, voxelize
 from warpsparse.nn import BatchNorm, ReLU, SparseConv3d, SparseInverseConv3d, SparseSequential, SubMConv3d
 
 SCAN_BOX = ((-80.0, -80.0, -2.0), (80.0, 80.0, 6.0))  # metres: x, y, z
+#: seed of the rotations of a batch of copies of the scan (:func:`rotation_angles`)
+ROTATION_SEED = 0
 
 
 def load_points() -> torch.Tensor:
@@ -25,18 +27,28 @@ def load_points() -> torch.Tensor:
         return torch.from_numpy(np.load(f)["pc"])
 
 
-def load_scan(voxel_size: float = 0.1, device: str | torch.device = "cpu", batch_size: int = 1) -> SparseTensor:
+def rotation_angles(batch_size: int, seed: int = ROTATION_SEED) -> torch.Tensor:
+    """Angles (radians, float32 [batch_size]) of the batch's copies about the vertical axis: 0 for the first (the
+    scan as recorded), uniform in [0, 2 pi) from a generator seeded with ``seed`` for the others."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    drawn = torch.rand(batch_size - 1, generator=torch.Generator().manual_seed(seed)) * 2 * torch.pi
+    return torch.cat([torch.zeros(1), drawn])
+
+
+def load_scan(voxel_size: float = 0.1, device: str | torch.device = "cpu", batch_size: int = 1,
+              seed: int = ROTATION_SEED) -> SparseTensor:
     """The bundled scan voxelized in the box [-80,-80,-2]..[80,80,6) m; features = mean xyz of each voxel.
 
-    With ``batch_size > 1`` the batch holds the scan and randomly rotated copies about the vertical axis.
+    With ``batch_size > 1`` the batch holds the scan and copies rotated about the vertical axis by
+    :func:`rotation_angles` of ``seed``: the same seed gives the same batch.
     """
     pts = load_points()
     lo, hi = torch.tensor(SCAN_BOX[0]), torch.tensor(SCAN_BOX[1])
     clouds, batch = [], []
-    for b in range(batch_size):
+    for b, a in enumerate(rotation_angles(batch_size, seed)):
         p = pts
         if b:
-            a = torch.rand(()) * 2 * torch.pi
             rot = torch.tensor([[torch.cos(a), -torch.sin(a), 0.0], [torch.sin(a), torch.cos(a), 0.0], [0, 0, 1]])
             p = p @ rot.T
         p = p[((p >= lo) & (p < hi)).all(dim=1)]
