@@ -31,7 +31,7 @@ class _Stub(Algorithm):
     def __init__(self, out: torch.Tensor) -> None:
         self.out = out
 
-    def run(self, op, params, a, b, kmap):  # noqa: ANN001, ANN201
+    def run(self, op, params, a, b, kmap, bias=None, relu=False):  # noqa: ANN001, ANN201
         return self.out
 
 

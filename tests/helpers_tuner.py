@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from warpsparse.algorithms import registry
-from warpsparse.algorithms.base import CONV_OPS, DEPTHWISE_OPS, Algorithm, Op, ParamSpace, Params, Signature
+from warpsparse.algorithms.base import CONV_OPS, DEPTHWISE_OPS, Algorithm, Op, ParamSpace, Params, Signature, epilogue
 from warpsparse.algorithms.explicit import ExplicitDepthwise, ExplicitGemm
 from warpsparse.coords.coord_set import CoordSet
 from warpsparse.coords.geometry import ConvGeometry, submanifold_geometry
@@ -101,12 +101,13 @@ class Fake(Algorithm):
     def estimate_cost(self, sig: Signature, params: Params) -> float | None:
         return None if self.estimate is None else self.estimate(params)
 
-    def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+    def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap,
+            bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
         self.calls.append(dict(params))
         time.sleep(self.cost(params) / 1e3)
         if self.behaviour == "raise":
             raise RuntimeError("out of resources: shared memory")
-        out = truth(op, a, b, kmap)
+        out = epilogue(truth(op, a, b, kmap), bias, relu)
         if self.behaviour == "wrong":
             return out * 1.1
         if self.behaviour == "mutate":

@@ -98,7 +98,7 @@ def test_entries_of_other_devices_are_kept_but_never_used(monkeypatch):
     assert entries["Some GPU"] == foreign
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "invalid", "empty"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "invalid", "empty", "nested"])
 def test_damaged_file_is_moved_aside_once_and_tuning_goes_on(monkeypatch, damage):
     _tune_one(monkeypatch)
     assert save_tuning_cache()
@@ -109,6 +109,7 @@ def test_damaged_file_is_moved_aside_once_and_tuning_goes_on(monkeypatch, damage
         "truncated": good[: len(good) // 2],
         "invalid": good.replace('"status": "ok"', '"status": "great"', 1),
         "empty": "",
+        "nested": "[" * 100_000 + "]" * 100_000,  # deeper than the JSON decoder's recursion
     }[damage]
     path.write_text(bad)
     reset(save=False)
@@ -247,3 +248,16 @@ def test_results_are_saved_at_interpreter_exit(cache_dir):
     assert done.returncode == 0, done.stderr
     (entry,) = store.read_document(cache_dir / store.FILE_NAME).entries
     assert (entry.key.signature.c_in, entry.key.signature.c_out) == (3, 2) and entry.winner is not None
+
+
+def test_rewriting_keeps_the_file_permissions(monkeypatch):
+    """A shared (group-readable) cache stays shared after the tuner rewrites it."""
+    _tune_one(monkeypatch)
+    assert save_tuning_cache()
+    path = store.cache_file()
+    path.chmod(0o664)
+    reset(save=False)
+    _tune_one(monkeypatch, c_in=3)
+    assert save_tuning_cache()
+    assert path.stat().st_mode & 0o777 == 0o664
+    assert sorted(e.key.signature.c_in for e in _entries()) == [3, 4]

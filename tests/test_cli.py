@@ -121,12 +121,18 @@ def test_export_to_a_directory_or_a_missing_one_is_a_clear_error(monkeypatch, ca
     assert rc == 1 and "it is a directory; name a file" in err
     rc, _, err = _run(capsys, "cache", "export", str(tmp_path / "missing" / "x.json"))
     assert rc == 1 and f"directory {tmp_path / 'missing'} does not exist" in err
+    before = store.cache_file().read_bytes()
+    rc, _, err = _run(capsys, "cache", "export", str(store.cache_file()), "--device", "current")
+    assert rc == 1 and "it is the tuning cache itself; name another file" in err
+    assert store.cache_file().read_bytes() == before, "the cache must be left as it was"
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--device", "foo"], "--device 'foo': expected cpu, cuda or cuda:N"),
     (["--voxel-size", "0"], "--voxel-size must be a positive number of metres, got 0"),
     (["--budget-ms", "-1"], "--budget-ms must be a positive number of milliseconds, got -1"),
+    (["--voxel-size", "1000", "--device", "cpu"], "--voxel-size 1000 m leaves 1 voxel of the scan"),
+    (["--voxel-size", "1e-9", "--device", "cpu"], "--voxel-size 1e-09: "),
 ])
 def test_tune_rejects_bad_options(capsys, argv, message):
     rc, _, err = _run(capsys, "tune", *argv)
@@ -153,6 +159,14 @@ def test_env_reports_modes_and_sources(monkeypatch, capsys, cache_dir):
     rc, out, err = _run(capsys, "env")
     assert rc == 1 and "INVALID" in out and "'warp_speed'" in err
     assert "WARPCONVNET_COMPILE_WORKERS='abc'" in err and err.count("error: WARPCONVNET_FWD_ALGO_MODE") == 1
+
+
+def test_env_says_why_an_algorithm_is_unavailable(capsys):
+    from warpsparse.algorithms.cupy import runtime
+    rc, out, _ = _run(capsys, "env")
+    row = next(line for line in out.splitlines() if line.split()[1:2] == ["cupy_implicit_gemm"])
+    missing = runtime.unavailable_reason()
+    assert rc == 0 and row.endswith("yes" if missing is None else f"no: {missing}")
 
 
 def test_module_entry_point(cache_dir):

@@ -11,13 +11,15 @@ import warpsparse
 from warpsparse.algorithms.base import Op, Signature
 from warpsparse.algorithms.explicit import ExplicitGemm
 from warpsparse.coords.geometry import ConvGeometry
-from warpsparse.nn import SparseConv3d, SparseConvTranspose3d, SparseInverseConv3d, SpatiallySparseConv, SubMConv3d
-from warpsparse.nn.functional import sparse_conv3d, sparse_inverse_conv3d, subm_conv3d
+from warpsparse.coords.kernel_map import KernelMap
+from warpsparse.nn import (SparseConv3d, SparseConvTranspose3d, SparseDepthwiseConv3d, SparseInverseConv3d,
+                           SpatiallySparseConv, SubMConv3d)
+from warpsparse.nn.functional import conv_features, sparse_conv3d, sparse_inverse_conv3d, subm_conv3d
 from warpsparse.nn.functional.kernel_maps import conv_map
 from warpsparse.nn.functional.sparse_conv import spatially_sparse_conv
 from warpsparse.tuner.search import BUDGET_ENV
 
-from oracle import (EXPLICIT, assert_close, assert_sites, check_conv, dense_conv, fresh_seed,  # noqa: F401
+from oracle import (EXPLICIT, EXPLICIT_DW, assert_close, assert_sites, check_conv, dense_conv, fresh_seed,  # noqa: F401
                     one_thread, quick_tuning, random_coords, random_input, reached_sites, reference_param, triple,
                     values_at)
 
@@ -244,6 +246,54 @@ def test_spatially_sparse_conv_to_output(kernel, stride, dilation, batch, cin, c
                      cover=out_shape)
     check_conv(out, ref, [(inp.feats, inp.ref_feats), (m.weight, w), (m.bias, b)],
                "SpatiallySparseConv onto output tensor")
+
+
+def _relu_layer(kind: str, x: warpsparse.SparseTensor, cin: int, cout: int
+                ) -> tuple[torch.nn.Module, warpsparse.SparseTensor, dict]:
+    """A ``relu=True`` layer of ``kind``, the input it runs on and its dense reference's arguments."""
+    if kind == "inverse":
+        down = SparseConv3d(cin, cin, 3, 2, 1, indice_key="down", bias=False, **EXPLICIT).double()
+        return (_module(SparseInverseConv3d, cin, cout, kernel_size=3, indice_key="down", relu=True), down(x),
+                dict(stride=2, padding=1, transposed=True, cover=x.spatial_shape))
+    if kind == "depthwise":
+        return (SparseDepthwiseConv3d(cin, 3, relu=True, **EXPLICIT_DW).double(), x, dict(padding=1, depthwise=True))
+    cls, kw, ref = {
+        "subm": (SubMConv3d, dict(kernel_size=3), dict(padding=1)),
+        "strided": (SparseConv3d, dict(kernel_size=3, stride=2, padding=1), dict(stride=2, padding=1)),
+        "transposed": (SparseConvTranspose3d, dict(kernel_size=3, stride=2, padding=1),
+                       dict(stride=2, padding=1, transposed=True)),
+        "spatially_sparse": (SpatiallySparseConv, dict(kernel_size=3, stride=2), dict(stride=2, padding=1)),
+    }[kind]
+    return _module(cls, cin, cout, relu=True, **kw), x, ref
+
+
+@pytest.mark.parametrize("kind", ["subm", "strided", "transposed", "spatially_sparse", "inverse", "depthwise"])
+def test_fused_relu_on_every_conv_kind(kind):
+    """``relu=True`` gives ReLU(conv + bias) at the output sites, gradients included (masked where the output
+    is not positive)."""
+    inp = random_input(60, 3)
+    m, x, ref_args = _relu_layer(kind, inp.tensor(), 3, 3 if kind == "depthwise" else 4)
+    if kind == "inverse":  # the reference convolves the coarse sites' features: make them a leaf
+        coarse = random_input(0, 3, shape=x.spatial_shape, coords=x.coords)
+        x, inp = x.replace(coarse.feats), coarse
+    w, b = _refs(m)
+    out = m(x)
+    assert "relu=True" in repr(m)
+    ref_args.setdefault("cover", out.spatial_shape)
+    ref = torch.relu(dense_conv(inp.dense(), w, 3, bias=b, **ref_args))
+    assert bool((out.features > 0).any()) and bool((out.features == 0).any()), "the ReLU must bite somewhere"
+    check_conv(out, ref, [(inp.feats, inp.ref_feats), (m.weight, w), (m.bias, b)], f"{kind} relu=True")
+
+
+def test_epilogue_on_rows_without_inputs():
+    """Output rows no input reaches hold ReLU(bias); with no input rows at all no algorithm runs."""
+    weight = torch.randn(27, 3, 4, dtype=torch.float64)
+    bias = torch.tensor([1.0, -2.0, 0.5, -0.1], dtype=torch.float64, requires_grad=True)
+    kmap = KernelMap(torch.full((5, 27), -1, dtype=torch.int32), 0, (3, 3, 3))
+    out = conv_features(torch.empty(0, 3, dtype=torch.float64), weight, kmap, bias, relu=True, **EXPLICIT)
+    assert torch.equal(out, torch.relu(bias.detach()).expand(5, 4))
+    out.sum().backward()
+    assert torch.equal(bias.grad, torch.tensor([5.0, 0.0, 5.0, 0.0], dtype=torch.float64))
 
 
 def test_no_bias_and_default_spatial_shape():

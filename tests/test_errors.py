@@ -83,10 +83,16 @@ def test_features_on_another_device():
         warpsparse.SparseTensor(torch.randn(10, 2, device="meta"), _coords())
 
 
-@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool], ids=str)
-def test_non_float_features(dtype):
-    with pytest.raises(TypeError, match=f"features must be a floating-point tensor, got {dtype}"):
-        warpsparse.SparseTensor(torch.ones(10, 2, dtype=dtype), _coords())
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.float8_e4m3fn, torch.complex64],
+                         ids=str)
+def test_unsupported_feature_dtypes(dtype):
+    with pytest.raises(TypeError, match=f"features must be float16, bfloat16, float32 or float64, got {dtype}"):
+        warpsparse.SparseTensor(torch.ones(10, 2).to(dtype), _coords())
+
+
+def test_sparse_layout_features():
+    with pytest.raises(TypeError, match="features must be a dense \\(strided\\) tensor, got layout torch.sparse_coo"):
+        warpsparse.SparseTensor(torch.ones(10, 2).to_sparse(), _coords())
 
 
 def test_features_wrong_rank():
@@ -287,6 +293,62 @@ def test_bias_of_the_wrong_shape(bias, match):
     x = _x(1)
     with pytest.raises(ValueError, match="bias must be a tensor of shape \\[C_out\\] = " + match):
         subm_conv3d(x, torch.randn(27, x.num_channels, 8), bias, 3, **EXPLICIT)
+
+
+def test_indice_key_must_be_a_string():
+    with pytest.raises(TypeError, match=r"indice_key must be a str or None, got \[1\]"):
+        wnn.SubMConv3d(3, 3, 3, indice_key=[1], **EXPLICIT)(_x(3))
+
+
+@pytest.mark.parametrize("first, second", [("conv", "subm"), ("subm", "conv")])
+def test_indice_key_of_another_conv_kind_is_refused(first, second):
+    """A submanifold conv and a regular conv cannot share an indice_key (their maps differ)."""
+    layers = {"conv": wnn.SparseConv3d(3, 3, 3, padding=1, indice_key="k", **EXPLICIT),
+              "subm": wnn.SubMConv3d(3, 3, 3, indice_key="k", **EXPLICIT)}
+    x = _x(3)
+    layers[first](x)
+    with pytest.raises(ValueError, match=f"indice_key 'k' holds a {first} map; a {second} conv cannot reuse it"):
+        layers[second](x)
+
+
+def test_conv_features_checks_its_arguments():
+    """The functional conv over a kernel map names what is wrong with its operands."""
+    from warpsparse.nn.functional import conv_features
+    x = _x(3)
+    kmap = wnn.SubMConv3d(3, 4, 3, indice_key="k", **EXPLICIT)(x).indice_store["k"].kmap
+    w = torch.randn(27, 3, 4)
+    cases = [((torch.randn(20), w, kmap), ValueError, r"features must have shape \[N_in, C_in\], got \(20,\)"),
+             ((x.features[:, :, None], w, kmap), ValueError, r"got \(20, 3, 1\)"),
+             ((x.features, w, None), TypeError, "kernel map must be a warpsparse KernelMap, got NoneType"),
+             ((x.features, [[1.0]], kmap), TypeError, "weight must be a torch.Tensor, got list"),
+             (([[1.0]], w, kmap), TypeError, "features must be a torch.Tensor, got list")]
+    for args, error, match in cases:
+        with pytest.raises(error, match=match):
+            conv_features(*args, **EXPLICIT)
+
+
+def test_bad_bwd_algo_fails_in_the_forward_call():
+    x = _x(3)
+    with pytest.raises(ValueError, match="bwd_algo: unknown algorithm 'bogus'"):
+        subm_conv3d(x, torch.randn(27, 3, 4), None, 3, bwd_algo="bogus")
+    with torch.no_grad(), pytest.raises(TypeError, match="bwd_algo must be an algorithm name"):
+        subm_conv3d(x, torch.randn(27, 3, 4), None, 3, bwd_algo=12345)
+
+
+def test_epilogue_arguments_are_checked():
+    """bias and relu belong to forward ops; the bias must be [C_out] of the features' dtype and device."""
+    from warpsparse.algorithms.base import Op
+    from warpsparse.tuner import dispatch
+    x = _x(3)
+    kmap = wnn.SubMConv3d(3, 4, 3, indice_key="k", **EXPLICIT)(x).indice_store["k"].kmap
+    feats, weight, grad = x.features, torch.randn(27, 3, 4), torch.randn(x.num_points, 4)
+    with pytest.raises(ValueError, match="epilogue of a forward op; conv_dgrad takes neither"):
+        dispatch(Op.CONV_DGRAD, grad, weight, kmap, "explicit_gemm", relu=True)
+    for bias in (torch.zeros(3), torch.zeros(4, dtype=torch.float64), [0.0] * 4):
+        with pytest.raises(ValueError, match=r"bias must be a \[4\] tensor of torch.float32 on cpu"):
+            dispatch(Op.CONV_FWD, feats, weight, kmap, "explicit_gemm", bias=bias)
+    with pytest.raises(TypeError, match="relu must be a bool, got 'yes'"):
+        wnn.SubMConv3d(3, 4, 3, relu="yes")
 
 
 @pytest.mark.parametrize("call", [

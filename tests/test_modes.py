@@ -13,7 +13,7 @@ from warpsparse.tuner import (
     SPARSE_DEPTHWISE_CONV_FWD_ALGO_MODE,
     mode_for,
 )
-from warpsparse.tuner.modes import CONV_ALGORITHMS, DEPTHWISE_ALGORITHMS, FOREIGN_ALGORITHMS, parse_mode
+from warpsparse.tuner.modes import CONV_ALGORITHMS, DEPTHWISE_ALGORITHMS, FOREIGN_ALGORITHMS, env_setting, parse_mode
 
 pytestmark = pytest.mark.usefixtures("cache_dir")
 
@@ -54,7 +54,8 @@ def test_depthwise_values(value, expected):
     assert parse_mode(value, True, "fwd_algo") == expected
 
 
-@pytest.mark.parametrize("value", ["explicit", "foo", "[implicit_gemm, bogus]", "explicit gemm"])
+@pytest.mark.parametrize("value", ["explicit", "foo", "[implicit_gemm, bogus]", "explicit gemm", "auto,bogus",
+                                   ["auto", "bogus"]])
 def test_unknown_conv_name_is_a_value_error_listing_valid_names(value):
     with pytest.raises(ValueError) as err:
         parse_mode(value, False, "bwd_algo")
@@ -104,6 +105,14 @@ def test_environment_is_read_at_call_time(monkeypatch, op, variable):
     assert mode_for(op, other) == (other,)  # an explicit argument wins over the environment
     monkeypatch.delenv(variable)
     assert mode_for(op, None) is AUTO
+
+
+def test_blank_finer_variable_falls_back_to_bwd(monkeypatch):
+    """A blank variable counts as unset, for the call and for what ``warpsparse env`` reports alike."""
+    monkeypatch.setenv("WARPCONVNET_DGRAD_ALGO_MODE", " ")
+    monkeypatch.setenv("WARPCONVNET_BWD_ALGO_MODE", "explicit_gemm")
+    assert mode_for(Op.CONV_DGRAD, None) == ("explicit_gemm",)
+    assert env_setting(Op.CONV_DGRAD) == ("WARPCONVNET_BWD_ALGO_MODE", "explicit_gemm")
 
 
 def test_finer_gradient_variables_override_bwd(monkeypatch):

@@ -131,6 +131,27 @@ def test_half_types(dtype: torch.dtype, variant: str, c_in: int, c_out: int, op:
         check(op, kmap, a, b, params)
 
 
+@pytest.mark.parametrize("variant", ["subm", "isolated", "strided"])
+@pytest.mark.parametrize("c_in,c_out", [(3, 17), (17, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_epilogue_matches_explicit(variant: str, c_in: int, c_out: int, dtype: torch.dtype, poisoned: None) -> None:
+    """Bias and ReLU fused into the forward kernels' store (packed, gathered, sorted and unsorted forms) equal
+    the explicit algorithm's epilogue, on rows with and without inputs."""
+    kmap = make_map(variant)
+    x, w = operands(Op.CONV_FWD, kmap, c_in, c_out, dtype)
+    bias = torch.randn(c_out, device=kmap.device).to(dtype)
+    points = ALGO.param_space(Signature.of(Op.CONV_FWD, x, w, kmap)).points()
+    forms = {(p["mode"], p.get("sorted")): p for p in points}  # 3 channels: packed; 17: gathered too
+    for params in forms.values():
+        for b, relu in ((bias, False), (None, True), (bias, True)):
+            ref = EXPLICIT.run(Op.CONV_FWD, {"batch_below": 0}, x.double(), w.double(), kmap,
+                               None if b is None else b.double(), relu)
+            out = ALGO.run(Op.CONV_FWD, params, x, w, kmap, b, relu)
+            err = relative_error(out, ref)
+            assert err <= TOLERANCE[dtype], f"bias={b is not None} relu={relu} {params}: {err:.3g} {seed_note()}"
+            assert not relu or bool((out >= 0).all())
+
+
 @pytest.mark.parametrize("c_in,c_out", [(16, 8), (3, 5)])
 @pytest.mark.parametrize("op", CONV_OPS, ids=lambda o: o.value)
 def test_every_point(c_in: int, c_out: int, op: Op, poisoned: None) -> None:

@@ -56,6 +56,22 @@ def test_matches_explicit(variant: str, c: int, op: Op, poisoned: None) -> None:
     run_points(op, make_map(variant), c, torch.float32, extra=1)
 
 
+@pytest.mark.parametrize("variant", ["subm", "isolated"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_epilogue_matches_explicit(variant: str, dtype: torch.dtype, poisoned: None) -> None:
+    """Bias and ReLU fused into the depthwise forward (sorted and unsorted rows) equal the explicit epilogue."""
+    kmap = make_map(variant)
+    x, w = operands(Op.DW_FWD, kmap, 17, dtype)
+    bias = torch.randn(17, device=kmap.device).to(dtype)
+    for sort in (True, False):
+        params = {**ALGO.default_params(Signature.of(Op.DW_FWD, x, w, kmap)), "sorted": sort}
+        for b, relu in ((bias, False), (None, True), (bias, True)):
+            ref = EXPLICIT.run(Op.DW_FWD, {"flat": True}, x.double(), w.double(), kmap,
+                               None if b is None else b.double(), relu)
+            err = relative_error(ALGO.run(Op.DW_FWD, params, x, w, kmap, b, relu), ref)
+            assert err <= TOLERANCE[dtype], f"bias={b is not None} relu={relu} {params}: {err:.3g} {seed_note()}"
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("op", DW_OPS, ids=lambda o: o.value)
 def test_half_types(dtype: torch.dtype, op: Op, poisoned: None) -> None:

@@ -148,7 +148,7 @@ def test_first_tuning_is_a_short_round_of_the_most_promising_points(monkeypatch)
 
 
 def test_a_point_that_won_another_signature_is_not_pruned_by_its_estimate(monkeypatch):
-    fake = Fake("explicit_gemm", cost_ms=lambda p: 1 + 3 * (p["tile"] != 2), space={"tile": (0, 1, 2)},
+    fake = Fake("explicit_gemm", cost_ms=lambda p: 1 + 12 * (p["tile"] != 2), space={"tile": (0, 1, 2)},
                 estimate=lambda p: 1.0)
     use_registry(monkeypatch, fake)
     monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "inf")
@@ -260,7 +260,7 @@ def test_compiling_algorithms_precompile_their_first_points_side_by_side(monkeyp
     precompiled = [name for name, inside in flags if inside]
     assert precompiled == ["implicit_gemm"] * 4, "two rounds of two threads, compiling algorithms only"
     assert [c.status for c in _entry().candidates].count("ok") == 8
-    for bad in ("0", "two", "-1"):
+    for bad in ("0", "two", "-1", "\u00b2"):  # a superscript two is a digit to str.isdigit
         monkeypatch.setenv("WARPCONVNET_COMPILE_WORKERS", bad)
         with pytest.raises(ValueError, match="WARPCONVNET_COMPILE_WORKERS"):
             search.compile_workers()
@@ -481,16 +481,16 @@ class _Fp32Accumulating(ExplicitGemm):
 
     name = "implicit_gemm"
 
-    def run(self, op, params, a, b, kmap):
-        return super().run(op, params, a.float(), b.float(), kmap).to(a.dtype)
+    def run(self, op, params, a, b, kmap, bias=None, relu=False):
+        return super().run(op, params, a.float(), b.float(), kmap, bias, relu).to(a.dtype)
 
 
 class _SubnormalInputs(ExplicitGemm):
     """The reference, made lossy in half precision: it scales its first operand down by 16 in the operands'
     dtype first, so tiny fp16 values sink into the subnormals and lose digits (harmless in fp32)."""
 
-    def run(self, op, params, a, b, kmap):
-        return super().run(op, params, (a / 16).to(a.dtype), b, kmap) * 16
+    def run(self, op, params, a, b, kmap, bias=None, relu=False):
+        return super().run(op, params, (a / 16).to(a.dtype), b, kmap, bias, relu) * 16
 
 
 def test_half_precision_reference_is_upcast_so_accurate_kernels_win(monkeypatch):

@@ -111,10 +111,14 @@ def exercise() -> None:
                     if kind not in seen:  # one point per kernel form keeps the compile count small
                         seen.add(kind)
                         algo.run(op, params, a, b, kmap)
+                        if op == Op.CONV_FWD:  # and its fused bias + ReLU epilogue
+                            algo.run(op, params, a, b, kmap, torch.randn(c_out).to(dtype), True)
         dw = depthwise.TritonImplicitDepthwise()
         x, w = torch.randn(n, 16).to(dtype), torch.randn(27, 16).to(dtype)
         for op, a, b in ((Op.DW_FWD, x, w), (Op.DW_DGRAD, x, w), (Op.DW_WGRAD, x, x)):
             dw.run(op, dw.default_params(Signature.of(op, a, b, kmap)), a, b, kmap)
+        dw.run(Op.DW_FWD, dw.default_params(Signature.of(Op.DW_FWD, x, w, kmap)), x, w, kmap,
+               torch.randn(16).to(dtype), True)
         y, source = pooling.max_pool_forward(x, kmap.nbr)
         pooling.max_pool_backward(y, source.zero_(), n)
 

@@ -92,6 +92,17 @@ def _entries(device: str) -> list[Entry]:
     return [e for e in doc.entries if device == "all" or _usable(e)]
 
 
+def _availability(name: str) -> str:
+    """``yes``, or ``no: why`` for an algorithm that is not registered or whose backend is missing."""
+    from warpsparse.algorithms import registry
+
+    try:
+        missing = registry.get(name).missing_backend()
+    except KeyError:
+        return "no: not registered"
+    return "yes" if missing is None else f"no: {missing}"
+
+
 # ---- cache -------------------------------------------------------------------------------------------------
 
 def cmd_path(args: argparse.Namespace) -> int:
@@ -187,8 +198,10 @@ def cmd_clear(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    entries = _entries(args.device)
     target = Path(args.file)
+    if target.resolve() == store.cache_file().resolve():
+        raise CliError(f"cannot export to {target}: it is the tuning cache itself; name another file")
+    entries = _entries(args.device)
     if target.is_dir():
         raise CliError(f"cannot export to {target}: it is a directory; name a file")
     if not target.resolve().parent.is_dir():
@@ -229,7 +242,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 # ---- env ---------------------------------------------------------------------------------------------------
 
 def cmd_env(args: argparse.Namespace) -> int:
-    from warpsparse.algorithms import registry
     from warpsparse.algorithms.base import Op
 
     rows, errors = [], []
@@ -267,11 +279,10 @@ def cmd_env(args: argparse.Namespace) -> int:
         ["cache file", str(store.cache_file()), cache_from],
     ]))
     print()
-    names = registry.names()
     rows = []
     for depthwise in (False, True):
         for name in library_algorithms(depthwise):
-            rows.append(["depthwise" if depthwise else "conv", name, "yes" if name in names else "no"])
+            rows.append(["depthwise" if depthwise else "conv", name, _availability(name)])
     print(table(["FAMILY", "ALGORITHM", "AVAILABLE"], rows))
     print("\ndevices: " + "; ".join(_device_label(d) for d in _current_devices()))
     for error in dict.fromkeys(errors):  # each distinct error once
@@ -309,7 +320,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CliError("--device cuda: no CUDA device is available")
     dtype = getattr(torch, args.dtype)
-    scan = demo.load_scan(args.voxel_size, device)
+    try:
+        scan = demo.load_scan(args.voxel_size, device)
+    except ValueError as exc:
+        raise CliError(f"--voxel-size {args.voxel_size:g}: {exc}") from None
+    if scan.num_points < 2:  # batch norm in training mode needs two values per channel
+        raise CliError(f"--voxel-size {args.voxel_size:g} m leaves {scan.num_points} voxel of the scan; the sample "
+                       "network needs at least 2: use a smaller voxel size")
     scan = scan.replace(scan.features.to(dtype))
     model = demo.SparseUNet(scan.num_channels).to(device=device, dtype=dtype)
     print(f"sample: bundled scan, {scan.num_points} voxels of {args.voxel_size} m on {device}, {args.dtype}; "

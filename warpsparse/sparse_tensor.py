@@ -24,11 +24,17 @@ def _check_coords(coords: torch.Tensor, features: torch.Tensor) -> None:
         raise ValueError(f"coords are on {coords.device} but features on {features.device}; put both on one device")
 
 
+#: the feature dtypes the convolutions, pooling and normalisation layers support
+FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def _check_features(features: torch.Tensor) -> None:
     if not isinstance(features, torch.Tensor):
         raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
-    if not features.is_floating_point():
-        raise TypeError(f"features must be a floating-point tensor, got {features.dtype}")
+    if features.dtype not in FEATURE_DTYPES:
+        raise TypeError(f"features must be float16, bfloat16, float32 or float64, got {features.dtype}")
+    if features.layout != torch.strided:
+        raise TypeError(f"features must be a dense (strided) tensor, got layout {features.layout}")
     if features.dim() != 2:
         raise ValueError(f"features must have shape [N, C], got {tuple(features.shape)}")
 

@@ -88,6 +88,16 @@ class Signature:
 
 Params = Mapping[str, Any]
 
+
+def epilogue(out: torch.Tensor, bias: torch.Tensor | None, relu: bool) -> torch.Tensor:
+    """``out + bias`` and then ReLU, in place: the epilogue of a forward op for algorithms that do not fuse it
+    into their kernels."""
+    if bias is not None:
+        out.add_(bias)
+    if relu:
+        out.relu_()
+    return out
+
 #: Host time (ms) that the per-offset pair list costs a fresh kernel map (0.2 ms for a 125k-site scan on an H100
 #: host, ``bench/host_costs.py``, when the list still read its per-offset counts: an upper bound now), shared by
 #: the two convolutions of a typical block that reuse the map.
@@ -136,6 +146,11 @@ class Algorithm(ABC):
     #: compile many points side by side before they are timed
     precompiles: bool = False
 
+    def missing_backend(self) -> str | None:
+        """Why this installation cannot run the algorithm at all (e.g. its backend is not installed), else
+        ``None``."""
+        return None
+
     def applies_to(self, sig: Signature) -> str | None:
         """``None`` when the algorithm can run ``sig``, else a short reason why not."""
         if sig.op not in self.ops:
@@ -166,8 +181,12 @@ class Algorithm(ABC):
         return 0.0
 
     @abstractmethod
-    def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: "KernelMap") -> torch.Tensor:
-        """Compute ``op(a, b, kmap)`` with ``params`` (see :class:`Op` for shapes). Returns a new tensor."""
+    def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: "KernelMap",
+            bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+        """Compute ``op(a, b, kmap)`` with ``params`` (see :class:`Op` for shapes). Returns a new tensor.
+
+        Forward ops only: the epilogue adds ``bias`` [C_out] (the dtype of ``a``) to every result row, then
+        applies ReLU when ``relu`` is set (see :func:`epilogue`)."""
 
     def __repr__(self) -> str:
         return f"<algorithm {self.name}>"

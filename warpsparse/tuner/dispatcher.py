@@ -44,17 +44,33 @@ class Call:
     mode: Mode
 
 
-def dispatch(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, algo: AlgoSpec = None) -> torch.Tensor:
+def dispatch(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, algo: AlgoSpec = None,
+             bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
     """Run ``op(a, b, kmap)`` with the fastest correct algorithm allowed by ``algo``.
 
     ``algo``: an algorithm name or mode enum, a list of them, ``"auto"``, or ``None`` (the environment
     variable for ``op``, default auto). The first call of a signature tunes; later ones reuse the choice.
+    ``bias`` [C_out] (``a``'s dtype and device) and ``relu``: the epilogue of a forward op (tuning ignores it).
     """
+    if bias is not None or relu:
+        _check_epilogue(op, a, b, bias)
     slot = (hot_key(op, a, b, kmap), mode_for(op, algo))
     choice = _table.get(slot)
     if choice is None:
         choice = _decide(op, a, b, kmap, slot, algo)
-    return choice[0].run(op, choice[1], a, b, kmap)
+    return choice[0].run(op, choice[1], a, b, kmap, bias, relu)
+
+
+def _check_epilogue(op: Op, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """``ValueError`` unless ``op`` is a forward op and ``bias`` (if any) is [C_out] of ``a``'s dtype and device."""
+    if not op.is_forward:
+        raise ValueError(f"bias and relu are the epilogue of a forward op; {op.value} takes neither")
+    c_out = b.shape[-1]
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (c_out,)
+                             or bias.dtype != a.dtype or bias.device != a.device):
+        got = (f"{tuple(bias.shape)} {bias.dtype} on {bias.device}" if isinstance(bias, torch.Tensor)
+               else type(bias).__name__)
+        raise ValueError(f"bias must be a [{c_out}] tensor of {a.dtype} on {a.device} (the features'), got {got}")
 
 
 def _source(op: Op, algo: AlgoSpec) -> str:

@@ -115,13 +115,14 @@ def parse_mode(value: AlgoSpec, depthwise: bool, what: str) -> Mode:
                         f"got {value!r} ({type(value).__name__})")
     valid = library_algorithms(depthwise)
     names: set[str] = set()
-    for item in items:
+    auto = False
+    for item in items:  # every name is checked, also after an auto word
         name = _name_of(item, what)
         if depthwise:
             name = _DEPTHWISE_ALIASES.get(name, name)
         if name in _AUTO_WORDS:
-            return AUTO
-        if name in valid:
+            auto = True
+        elif name in valid:
             names.add(name)
         elif name in FOREIGN_ALGORITHMS:
             if name not in _warned:
@@ -131,7 +132,7 @@ def parse_mode(value: AlgoSpec, depthwise: bool, what: str) -> Mode:
         else:
             raise ValueError(f"{what}: unknown algorithm {name!r}; valid names: {_valid_names(depthwise)} "
                              f"(WarpConvNet-only names such as 'cutlass_implicit_gemm' are accepted and ignored)")
-    return tuple(sorted(names)) or AUTO
+    return AUTO if auto else tuple(sorted(names)) or AUTO
 
 
 def _cached_parse(value: Any, depthwise: bool, source: str) -> Mode:
@@ -164,9 +165,9 @@ def mode_for(op: Op, algo: AlgoSpec) -> Mode:
     """The mode of one call: ``algo`` itself, or (``None``) the environment (AUTO when unset)."""
     depthwise, argument, variables = _OP_INFO[op]
     if algo is None:
-        for var in variables:
+        for var in variables:  # a blank variable counts as unset, as in env_setting
             raw = os.environ.get(var)
-            if raw:
+            if raw and not raw.isspace():
                 return _cached_parse(raw, depthwise, var)
         return AUTO
     if type(algo) is list:

@@ -87,7 +87,7 @@ def compile_workers() -> int:
     if not raw:
         return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                           else os.cpu_count() or 1))
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         raise ValueError(f"{WORKERS_ENV}={raw!r}: expected a positive whole number of threads")
     return int(raw)
 

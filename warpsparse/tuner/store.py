@@ -70,7 +70,7 @@ def read_document(path: Path) -> CacheDocument:
         return CacheDocument()
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise CacheUnreadable(f"not valid JSON ({exc})") from None
     version = obj.get("schema_version") if isinstance(obj, dict) else None
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
@@ -143,10 +143,15 @@ def _warn_newer(path: Path, exc: CacheFromNewerVersion) -> None:
 
 
 def write_document(path: Path, doc: CacheDocument) -> None:
-    """Replace ``path`` by ``doc`` atomically (temporary file in the same directory, then rename)."""
+    """Replace ``path`` by ``doc`` atomically (temporary file in the same directory, then rename), keeping the
+    permissions of the file it replaces (a new file is private to its owner)."""
     text = doc.model_dump_json(indent=1)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        try:
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        except FileNotFoundError:
+            pass
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.write("\n")

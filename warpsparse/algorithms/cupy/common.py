@@ -8,7 +8,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
-from warpsparse.algorithms.base import Algorithm, Op, ParamSpace, Params, Signature
+from warpsparse.algorithms.base import Algorithm, Op, ParamSpace, Params, Signature, epilogue
 from warpsparse.algorithms.cupy import runtime
 from warpsparse.algorithms.cupy.configs import DT_CODE, space_of, sum_splits_name
 from warpsparse.coords.kernel_map import KernelMap
@@ -116,6 +116,9 @@ class CupyAlgorithm(Algorithm):
     def compute(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
         """``op(a, b, kmap)`` on validated, contiguous tensors of the current device."""
 
+    def missing_backend(self) -> str | None:
+        return runtime.unavailable_reason()
+
     def applies_to(self, sig: Signature) -> str | None:
         return super().applies_to(sig) or unsupported_reason(sig)
 
@@ -126,7 +129,8 @@ class CupyAlgorithm(Algorithm):
         points = self.points(sig)
         return min(points, key=self.preference) if points else {}
 
-    def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+    def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap,
+            bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
         if op not in self.ops:
             raise ValueError(f"{self.name} does not implement {op.value}")
         reason = runtime.unavailable_reason()
@@ -135,5 +139,7 @@ class CupyAlgorithm(Algorithm):
         a, b = prepare(self.name, op, a, b, kmap)
         if a.get_device() != torch.cuda.current_device():
             with torch.cuda.device(a.device):
-                return self.compute(op, params, a, b, kmap)
-        return self.compute(op, params, a, b, kmap)
+                out = self.compute(op, params, a, b, kmap)
+        else:
+            out = self.compute(op, params, a, b, kmap)
+        return epilogue(out, bias, relu)

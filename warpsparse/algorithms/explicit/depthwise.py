@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from warpsparse.algorithms.base import DEPTHWISE_OPS, PAIR_LIST_MS, Algorithm, Op, ParamSpace, Params, Signature
+from warpsparse.algorithms.base import (DEPTHWISE_OPS, PAIR_LIST_MS, Algorithm, Op, ParamSpace, Params, Signature,
+                                        epilogue)
 from warpsparse.algorithms.explicit.common import accumulation_dtype, offset_ranges
 from warpsparse.coords.kernel_map import KernelMap
 
@@ -20,7 +21,8 @@ class ExplicitDepthwise(Algorithm):
     def setup_ms(self, sig: Signature, params: Params) -> float:
         return PAIR_LIST_MS
 
-    def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+    def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap,
+            bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
         p = kmap.pairs
         acc = accumulation_dtype(a.dtype)
         if op == Op.DW_FWD:
@@ -40,5 +42,5 @@ class ExplicitDepthwise(Algorithm):
             else:
                 prod = src[src_idx[start:stop]].to(acc) * b[p.offset_of_pair[start:stop]].to(acc)
             out.index_add_(0, dst_idx[start:stop], prod)
-        return out.to(a.dtype)
+        return epilogue(out, None if bias is None else bias.to(acc), relu).to(a.dtype)
 

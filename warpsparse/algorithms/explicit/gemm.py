@@ -5,15 +5,18 @@ import math
 
 import torch
 
-from warpsparse.algorithms.base import CONV_OPS, PAIR_LIST_MS, Algorithm, Op, ParamSpace, Params, Signature
+from warpsparse.algorithms.base import (CONV_OPS, PAIR_LIST_MS, Algorithm, Op, ParamSpace, Params, Signature,
+                                        epilogue)
 from warpsparse.algorithms.explicit.common import (accumulation_dtype, identity_offset, matmul_acc, offset_ranges,
                                                    split_offsets)
 from warpsparse.coords.kernel_map import KernelMap
 
 
 def _propagate(src: torch.Tensor, weight: torch.Tensor, src_idx: torch.Tensor, dst_idx: torch.Tensor,
-               kmap: KernelMap, n_dst: int, batch_below: float) -> torch.Tensor:
-    """``dst[d] = sum_k src[s] @ weight[k]`` over the pairs (s, d) of every offset k."""
+               kmap: KernelMap, n_dst: int, batch_below: float, bias: torch.Tensor | None = None,
+               relu: bool = False) -> torch.Tensor:
+    """``dst[d] = sum_k src[s] @ weight[k]`` over the pairs (s, d) of every offset k (``+ bias``, then ReLU,
+    in the accumulation dtype)."""
     acc_dtype = accumulation_dtype(src.dtype)
     acc = torch.zeros(n_dst, weight.shape[2], dtype=acc_dtype, device=src.device)
     centre = identity_offset(kmap)
@@ -29,7 +32,7 @@ def _propagate(src: torch.Tensor, weight: torch.Tensor, src_idx: torch.Tensor, d
         rows = src[src_idx[batch.pos]] * batch.valid[..., None]
         prod = matmul_acc(rows, weight[batch.offsets], acc_dtype)
         acc.index_add_(0, dst_idx[batch.pos[batch.valid]], prod[batch.valid])
-    return acc.to(src.dtype)
+    return epilogue(acc, None if bias is None else bias.to(acc_dtype), relu).to(src.dtype)
 
 
 def _weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kmap: KernelMap, batch_below: float) -> torch.Tensor:
@@ -68,11 +71,12 @@ class ExplicitGemm(Algorithm):
     def setup_ms(self, sig: Signature, params: Params) -> float:
         return PAIR_LIST_MS
 
-    def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+    def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap,
+            bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
         batch_below = float(params.get("batch_below", 0))
         pairs = kmap.pairs
         if op == Op.CONV_FWD:
-            return _propagate(a, b, pairs.in_idx, pairs.out_idx, kmap, kmap.num_out, batch_below)
+            return _propagate(a, b, pairs.in_idx, pairs.out_idx, kmap, kmap.num_out, batch_below, bias, relu)
         if op == Op.CONV_DGRAD:
             return _propagate(a, b.transpose(1, 2), pairs.out_idx, pairs.in_idx, kmap, kmap.num_in, batch_below)
         if op == Op.CONV_WGRAD:

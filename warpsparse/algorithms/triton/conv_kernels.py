@@ -37,8 +37,14 @@ def table_row_starts(rows, row_ok, order_ptr, kvol, SORTED: tl.constexpr):
 
 
 @triton.jit
-def store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, SORTED: tl.constexpr):
-    """Store ``acc`` into result rows ``rows`` (through ``order`` when the table rows are mask-sorted)."""
+def store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, bias_ptr, SORTED: tl.constexpr,
+               HAS_BIAS: tl.constexpr, RELU: tl.constexpr):
+    """Store ``acc`` (plus ``bias``, then ReLU: the epilogue, in fp32) into result rows ``rows`` (through
+    ``order`` when the table rows are mask-sorted)."""
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
     if SORTED:
         dst = tl.load(order_ptr + rows, mask=row_ok, other=0)
     else:
@@ -50,12 +56,14 @@ def store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, SORT
 @fast_launch(precompilable=True)
 @triton.jit(do_not_specialize=["n_rows", "flip"])
 def propagate_gather_kernel(
-        x_ptr, w_ptr, y_ptr, nbr_ptr, order_ptr, count_ptr, active_ptr,
+        x_ptr, w_ptr, y_ptr, bias_ptr, nbr_ptr, order_ptr, count_ptr, active_ptr,
         n_rows, c_red, c_n, kvol, flip, stride_x, stride_wk, stride_wr, stride_wn, stride_y,
         SORTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HAS_BIAS: tl.constexpr,
+        RELU: tl.constexpr):
     """``y[o] = sum_k x[nbr[o, k]] @ w[k]`` looping over the offsets the row block uses (see
-    :class:`~warpsparse.algorithms.triton.layouts.BlockOffsets`), ``BLOCK_K`` channels at a time."""
+    :class:`~warpsparse.algorithms.triton.layouts.BlockOffsets`), ``BLOCK_K`` channels at a time; the
+    epilogue adds ``bias`` and applies ReLU."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -80,15 +88,16 @@ def propagate_gather_kernel(
         b = tl.load(w_ptr + k * stride_wk + c[:, None] * stride_wr + cols[None, :] * stride_wn,
                     mask=c_ok[:, None] & col_ok[None, :], other=0.0)
         acc = mac(acc, a, b, USE_DOT, PRECISION, UPCAST)
-    store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, SORTED)
+    store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, bias_ptr, SORTED, HAS_BIAS, RELU)
 
 
 @fast_launch(precompilable=True)
 @triton.jit(do_not_specialize=["n_rows"])
 def propagate_packed_kernel(
-        x_ptr, w_ptr, y_ptr, nbr_ptr, n_rows, c_red, c_n, kvol, stride_x, stride_wk, stride_wr, stride_wn,
-        stride_y, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        x_ptr, w_ptr, y_ptr, bias_ptr, nbr_ptr, n_rows, c_red, c_n, kvol, stride_x, stride_wk, stride_wr,
+        stride_wn, stride_y, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HAS_BIAS: tl.constexpr,
+        RELU: tl.constexpr):
     """The same product with offsets and channels packed into one reduction index ``r = k * c_red + c``, so
     a few source channels do not leave most of each tile empty."""
     pid_m = tl.program_id(0)
@@ -110,7 +119,7 @@ def propagate_packed_kernel(
         b = tl.load(w_ptr + k[:, None] * stride_wk + c[:, None] * stride_wr + cols[None, :] * stride_wn,
                     mask=r_ok[:, None] & col_ok[None, :], other=0.0)
         acc = mac(acc, a, b, USE_DOT, PRECISION, UPCAST)
-    store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, y_ptr, stride_y, False)
+    store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, y_ptr, stride_y, bias_ptr, False, HAS_BIAS, RELU)
 
 
 @triton.jit

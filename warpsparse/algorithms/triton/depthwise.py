@@ -6,7 +6,7 @@ from typing import Any, Iterator
 import torch
 
 from warpsparse.algorithms.base import (DEPTHWISE_OPS, MASK_SORT_MS, PAIR_CHUNKS_MS, PAIR_LIST_MS, Algorithm, Op,
-                                        ParamSpace, Params, Signature)
+                                        ParamSpace, Params, Signature, epilogue)
 from warpsparse.algorithms.triton import depthwise_kernels as K
 from warpsparse.algorithms.triton.common import (channel_tiles, chunk_lengths, device_limits, explicit_space, rows,
                                                  unsupported)
@@ -37,8 +37,9 @@ def _wgrad_points(sig: Signature) -> Iterator[dict[str, Any]]:
                            "deterministic": deterministic}
 
 
-def propagate(src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, params: Params) -> torch.Tensor:
-    """``y[o] = sum_k src[kmap.nbr[o, k]] * weight[k]``."""
+def propagate(src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, params: Params,
+              bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+    """``y[o] = sum_k src[kmap.nbr[o, k]] * weight[k]``, then the epilogue (``+ bias``, ReLU) fused."""
     src, weight = rows(src), rows(weight)
     n_rows, kvol = kmap.num_out, kmap.kernel_volume
     c = src.shape[1]
@@ -46,15 +47,16 @@ def propagate(src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, params: 
     if n_rows == 0 or c == 0:
         return y
     if src.shape[0] == 0:
-        return y.zero_()
+        return epilogue(y.zero_(), bias, relu)
     block_m, block_c = params["BLOCK_M"], params["BLOCK_C"]
     lay = block_offsets(kmap, params["sorted"], block_m)
     grid = (cdiv(n_rows, block_m), cdiv(c, block_c))
     order = lay.order if lay.order is not None else lay.count
-    K.dw_propagate_kernel[grid](src, weight, y, lay.table, order, lay.count, lay.active, n_rows, c, kvol,
-                                lay.flip, src.stride(0), weight.stride(0), y.stride(0),
+    K.dw_propagate_kernel[grid](src, weight, y, y if bias is None else bias.contiguous(), lay.table, order, lay.count,
+                                lay.active, n_rows, c, kvol, lay.flip, src.stride(0), weight.stride(0), y.stride(0),
                                 SORTED=lay.order is not None, BLOCK_M=block_m, BLOCK_C=block_c,
-                                num_warps=params["num_warps"], num_stages=params["num_stages"])
+                                HAS_BIAS=bias is not None, RELU=relu, num_warps=params["num_warps"],
+                                num_stages=params["num_stages"])
     return y
 
 
@@ -105,7 +107,8 @@ class TritonImplicitDepthwise(Algorithm):
             return PAIR_LIST_MS + PAIR_CHUNKS_MS  # the weight gradient walks the pair list in chunks
         return MASK_SORT_MS if params["sorted"] else 0.0
 
-    def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+    def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap,
+            bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
         kvol = kmap.kernel_volume
         if op in (Op.DW_FWD, Op.DW_DGRAD):
             n_src, name, target = (kmap.num_in, "features", kmap) if op == Op.DW_FWD else \
@@ -113,7 +116,7 @@ class TritonImplicitDepthwise(Algorithm):
             if a.dim() != 2 or a.shape[0] != n_src or b.shape != (kvol, a.shape[1]) or a.dtype != b.dtype:
                 raise ValueError(f"{self.name}: {name} {tuple(a.shape)} {a.dtype} and weight {tuple(b.shape)} "
                                  f"{b.dtype} do not fit a map of {n_src} source rows and kernel volume {kvol}")
-            return propagate(a, b, target, params)
+            return propagate(a, b, target, params, bias, relu)
         if op == Op.DW_WGRAD:
             if a.shape[0] != kmap.num_in or b.shape != (kmap.num_out, a.shape[1]) or a.dtype != b.dtype:
                 raise ValueError(f"{self.name} wgrad: features {tuple(a.shape)} {a.dtype} and grad_out "

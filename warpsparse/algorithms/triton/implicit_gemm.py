@@ -6,7 +6,7 @@ from typing import Any, Iterator
 import torch
 
 from warpsparse.algorithms.base import (CONV_OPS, MASK_SORT_MS, PAIR_CHUNKS_MS, PAIR_LIST_MS, Algorithm, Op,
-                                        ParamSpace, Params, Signature, workspace_limit)
+                                        ParamSpace, Params, Signature, epilogue, workspace_limit)
 from warpsparse.algorithms.triton import conv_kernels as K
 from warpsparse.algorithms.triton.common import (channel_tiles, chunk_lengths, device_limits, dot_precision,
                                                  explicit_space, rows, unsupported, upcast_dots)
@@ -199,8 +199,10 @@ def estimate_seconds(sig: Signature, p: Params) -> float:
     return (macs / rate + loads / _L2_RATE) / fill + extra
 
 
-def propagate(src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, params: Params) -> torch.Tensor:
-    """``y[o] = sum_k src[kmap.nbr[o, k]] @ weight[k]`` (``weight`` [K, c_red, c_n], any strides)."""
+def propagate(src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, params: Params,
+              bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+    """``y[o] = sum_k src[kmap.nbr[o, k]] @ weight[k]`` (``weight`` [K, c_red, c_n], any strides), then the
+    epilogue (``+ bias`` [c_n], ReLU) fused into the store."""
     src = rows(src)
     n_rows, kvol = kmap.num_out, kmap.kernel_volume
     c_red, c_n = weight.shape[1], weight.shape[2]
@@ -208,21 +210,23 @@ def propagate(src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, params: 
     if n_rows == 0 or c_n == 0:
         return y
     if src.shape[0] == 0 or c_red == 0:
-        return y.zero_()
+        return epilogue(y.zero_(), bias, relu)
     block_m, block_n, block_k = params["BLOCK_M"], params["BLOCK_N"], params["BLOCK_K"]
     grid = (cdiv(n_rows, block_m), cdiv(c_n, block_n))
     common = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, USE_DOT=min(block_n, block_k) >= 16,
-                  PRECISION=dot_precision(src), UPCAST=upcast_dots(src), num_warps=params["num_warps"],
-                  num_stages=params["num_stages"])
+                  PRECISION=dot_precision(src), UPCAST=upcast_dots(src), HAS_BIAS=bias is not None, RELU=relu,
+                  num_warps=params["num_warps"], num_stages=params["num_stages"])
     strides = (src.stride(0), weight.stride(0), weight.stride(1), weight.stride(2), y.stride(0))
+    bias_or_y = y if bias is None else bias.contiguous()  # the epilogue reads it at unit stride
     if params["mode"] == "packed":
-        K.propagate_packed_kernel[grid](src, weight, y, kmap.nbr.contiguous(), n_rows, c_red, c_n, kvol, *strides,
-                                        **common)
+        K.propagate_packed_kernel[grid](src, weight, y, bias_or_y, kmap.nbr.contiguous(), n_rows, c_red, c_n, kvol,
+                                        *strides, **common)
     else:
         lay = block_offsets(kmap, params["sorted"], block_m)
         order = lay.order if lay.order is not None else lay.count
-        K.propagate_gather_kernel[grid](src, weight, y, lay.table, order, lay.count, lay.active, n_rows, c_red,
-                                        c_n, kvol, lay.flip, *strides, SORTED=lay.order is not None, **common)
+        K.propagate_gather_kernel[grid](src, weight, y, bias_or_y, lay.table, order, lay.count, lay.active, n_rows,
+                                        c_red, c_n, kvol, lay.flip, *strides, SORTED=lay.order is not None,
+                                        **common)
     return y
 
 
@@ -300,10 +304,11 @@ class TritonImplicitGemm(Algorithm):
             return {"pairs": PAIR_LIST_MS + PAIR_CHUNKS_MS, "rows": MASK_SORT_MS}.get(params["mode"], 0.0)
         return MASK_SORT_MS if params["sorted"] else 0.0
 
-    def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+    def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap,
+            bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
         if op == Op.CONV_FWD:
             _check(a, b, kmap.num_in, "features", kmap)
-            return propagate(a, b, kmap, params)
+            return propagate(a, b, kmap, params, bias, relu)
         if op == Op.CONV_DGRAD:
             weight_t = b.transpose(1, 2)
             _check(a, weight_t, kmap.num_out, "grad_out", kmap)

@@ -7,9 +7,10 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from warpsparse.algorithms.base import Op
+from warpsparse.algorithms.base import Op, epilogue
 from warpsparse.coords.kernel_map import KernelMap
 from warpsparse.tuner import AlgoSpec, dispatch
+from warpsparse.tuner.modes import mode_for
 
 CONV_TRIPLE = (Op.CONV_FWD, Op.CONV_DGRAD, Op.CONV_WGRAD)
 DEPTHWISE_TRIPLE = (Op.DW_FWD, Op.DW_DGRAD, Op.DW_WGRAD)
@@ -27,43 +28,61 @@ def _result_shape(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> 
     }[op]
 
 
-def run_op(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, algo: AlgoSpec) -> torch.Tensor:
-    """``op(a, b, kmap)`` through the dispatcher; empty maps give zeros without dispatching."""
+def run_op(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, algo: AlgoSpec,
+           bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+    """``op(a, b, kmap)`` (with a forward op's epilogue) through the dispatcher; empty maps give zeros (plus
+    the epilogue) without dispatching."""
     if kmap.num_in == 0 or kmap.num_out == 0:
-        return a.new_zeros(_result_shape(op, a, b, kmap))
-    return dispatch(op, a.contiguous(), b.contiguous(), kmap, algo)
+        return epilogue(a.new_zeros(_result_shape(op, a, b, kmap)), bias, relu)
+    return dispatch(op, a.contiguous(), b.contiguous(), kmap, algo, bias, relu)
 
 
 class SparseConvFunction(torch.autograd.Function):
-    """Forward and both gradients of a conv (or depthwise conv) over one kernel map."""
+    """Forward (with its bias and ReLU epilogue) and the gradients of a conv (or depthwise conv) over one map."""
 
     @staticmethod
-    def forward(ctx: Any, features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, ops: tuple[Op, Op, Op],
-                fwd_algo: AlgoSpec, bwd_algo: AlgoSpec) -> torch.Tensor:
-        ctx.save_for_backward(features, weight)
+    def forward(ctx: Any, features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kmap: KernelMap,
+                ops: tuple[Op, Op, Op], fwd_algo: AlgoSpec, bwd_algo: AlgoSpec, relu: bool) -> torch.Tensor:
+        out = run_op(ops[0], features, weight, kmap, fwd_algo, bias, relu)
+        ctx.save_for_backward(features, weight, out if relu else None)
         ctx.kmap, ctx.ops, ctx.bwd_algo = kmap, ops, bwd_algo
-        return run_op(ops[0], features, weight, kmap, fwd_algo)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        features, weight = ctx.saved_tensors
+        features, weight, out = ctx.saved_tensors
         _, dgrad, wgrad = ctx.ops
         grad_out = grad_out.to(features.dtype)
-        grad_in = run_op(dgrad, grad_out, weight, ctx.kmap, ctx.bwd_algo) if ctx.needs_input_grad[0] else None
-        grad_w = run_op(wgrad, features, grad_out, ctx.kmap, ctx.bwd_algo) if ctx.needs_input_grad[1] else None
-        return grad_in, grad_w, None, None, None, None
+        if out is not None:  # through the fused ReLU
+            grad_out = grad_out.masked_fill(out <= 0, 0)
+        needs = ctx.needs_input_grad
+        grad_in = run_op(dgrad, grad_out, weight, ctx.kmap, ctx.bwd_algo) if needs[0] else None
+        grad_w = run_op(wgrad, features, grad_out, ctx.kmap, ctx.bwd_algo) if needs[1] else None
+        grad_b = None
+        if needs[2]:  # summed in fp32 at least
+            grad_b = grad_out.sum(0, dtype=torch.promote_types(grad_out.dtype, torch.float32)).to(grad_out.dtype)
+        return grad_in, grad_w, grad_b, None, None, None, None, None
 
 
 def conv_features(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, bias: torch.Tensor | None = None,
-                  fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None, depthwise: bool = False) -> torch.Tensor:
-    """Convolve ``features`` [N_in, C_in] over ``kmap`` with ``weight`` ([K, C_in, C_out], or [K, C] depthwise).
+                  fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None, depthwise: bool = False,
+                  relu: bool = False) -> torch.Tensor:
+    """Convolve ``features`` [N_in, C_in] over ``kmap`` with ``weight`` ([K, C_in, C_out], or [K, C] depthwise),
+    add ``bias`` [C_out] and, with ``relu``, apply ReLU: the bias and ReLU are the forward kernel's epilogue.
 
-    Under ``torch.autocast`` features, weight and bias are cast to the autocast dtype; otherwise their dtypes
-    must match.
+    Under ``torch.autocast`` features, weight and bias are cast to the autocast dtype; otherwise the features
+    and weight dtypes must match (the bias is cast to theirs).
     """
+    if not isinstance(kmap, KernelMap):
+        raise TypeError(f"the kernel map must be a warpsparse KernelMap, got {type(kmap).__name__}")
+    for name, tensor in (("features", features), ("weight", weight)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if not features.is_floating_point():
         raise TypeError(f"features must be floating point, got {features.dtype}")
+    if features.dim() != 2:
+        raise ValueError(f"features must have shape [N_in, C_in], got {tuple(features.shape)}")
     expected = 2 if depthwise else 3
     if weight.dim() != expected or weight.shape[0] != kmap.kernel_volume:
         want = "[K, C]" if depthwise else "[K, C_in, C_out]"
@@ -85,13 +104,16 @@ def conv_features(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
     elif features.dtype != weight.dtype:
         raise TypeError(f"features are {features.dtype} but the weight is {weight.dtype}; cast one of them or "
                         "run under torch.autocast")
+    if bias is not None and bias.device != features.device:
+        raise ValueError(f"bias is on {bias.device} but the features on {features.device}")
+    if bias is not None and bias.dtype != features.dtype:
+        bias = bias.to(features.dtype)
     ops = DEPTHWISE_TRIPLE if depthwise else CONV_TRIPLE
+    if bwd_algo is not None:
+        mode_for(ops[1], bwd_algo)  # a bad name fails here, not at the backward pass (parsed once, memoised)
     # the algorithms run in the operands' dtype (autocast off); without gradients no autograd node is made
     with torch.autocast(device_type, enabled=False) if autocast else contextlib.nullcontext():
-        if torch.is_grad_enabled() and (features.requires_grad or weight.requires_grad):
-            out = SparseConvFunction.apply(features, weight, kmap, ops, fwd_algo, bwd_algo)
-        else:
-            out = run_op(ops[0], features, weight, kmap, fwd_algo)
-    if bias is not None:
-        out = out + bias.to(out.dtype)
-    return out
+        if torch.is_grad_enabled() and (features.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad)):
+            return SparseConvFunction.apply(features, weight, bias, kmap, ops, fwd_algo, bwd_algo, relu)
+        return run_op(ops[0], features, weight, kmap, fwd_algo, bias, relu)

@@ -15,9 +15,10 @@ from warpsparse.sparse_tensor import SparseTensor
 
 @dataclass(frozen=True)
 class IndiceEntry:
-    """A map stored under an ``indice_key``: its geometry, and the input and output site sets."""
+    """A map stored under an ``indice_key``: its geometry and kind, and the input and output site sets."""
 
     geom: ConvGeometry
+    kind: str
     kmap: KernelMap
     src: CoordSet
     dst: CoordSet
@@ -43,18 +44,25 @@ def conv_map(x: SparseTensor, geom: ConvGeometry, kind: str, indice_key: str | N
              out: CoordSet | None = None) -> tuple[KernelMap, CoordSet]:
     """The map of ``geom`` from ``x``'s sites: to ``x``'s own sites (``kind="subm"``), to ``out``, or to every
     site reached. Maps are cached per site set; with ``indice_key`` the map is also stored under that key, and a
-    key already stored for these sites and this geometry is reused."""
+    key already stored for these sites, this geometry and kind (and these output sites) is reused."""
+    if indice_key is not None and not isinstance(indice_key, str):
+        raise TypeError(f"indice_key must be a str or None, got {indice_key!r}")
     if indice_key is not None and indice_key in x.indice_store:
         entry = x.indice_store[indice_key]
-        if entry.src is x.coord_set and entry.geom == geom:
-            return entry.kmap, entry.dst
         if entry.src is not x.coord_set:
             raise ValueError(f"indice_key {indice_key!r} holds a map built on other sites "
                              f"({entry.src.num_points} sites, this input has {x.num_points}); use a new key")
-        raise ValueError(f"indice_key {indice_key!r} holds a map of {entry.geom}, not {geom}; use a new key")
+        if entry.kind != kind:
+            raise ValueError(f"indice_key {indice_key!r} holds a {entry.kind} map; a {kind} conv cannot reuse it; "
+                             "use a new key")
+        if entry.geom != geom:
+            raise ValueError(f"indice_key {indice_key!r} holds a map of {entry.geom}, not {geom}; use a new key")
+        if out is not None and entry.dst is not out:
+            raise ValueError(f"indice_key {indice_key!r} holds a map to other output sites; use a new key")
+        return entry.kmap, entry.dst
     kmap, dst = _cached(x.coord_set, geom, kind, x.coord_set if kind == "subm" else out)
     if indice_key is not None:
-        x.indice_store[indice_key] = IndiceEntry(geom, kmap, x.coord_set, dst)
+        x.indice_store[indice_key] = IndiceEntry(geom, kind, kmap, x.coord_set, dst)
     return kmap, dst
 
 

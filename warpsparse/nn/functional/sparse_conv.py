@@ -31,42 +31,45 @@ def check_input(x: SparseTensor, weight: torch.Tensor, kernel_size: Triple, dept
 
 
 def apply_on_map(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | None, kmap: KernelMap, dst: CoordSet,
-                 fwd_algo: AlgoSpec, bwd_algo: AlgoSpec, depthwise: bool = False) -> SparseTensor:
-    """Convolve ``x`` over ``kmap`` and put the result on the sites ``dst``."""
-    out = conv_features(x.features, weight, kmap, bias, fwd_algo, bwd_algo, depthwise)
+                 fwd_algo: AlgoSpec, bwd_algo: AlgoSpec, depthwise: bool = False, relu: bool = False) -> SparseTensor:
+    """Convolve ``x`` over ``kmap`` (bias and ReLU fused) and put the result on the sites ``dst``."""
+    out = conv_features(x.features, weight, kmap, bias, fwd_algo, bwd_algo, depthwise, relu)
     return SparseTensor.from_coord_set(out, dst, x.indice_store)
 
 
 def subm_conv3d(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                 kernel_size: int | Triple = 3, dilation: int | Triple = 1, indice_key: str | None = None,
-                fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None) -> SparseTensor:
-    """Submanifold conv: outputs on the input sites, values of ``conv3d`` with same-padding there."""
+                fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None, relu: bool = False) -> SparseTensor:
+    """Submanifold conv: outputs on the input sites, values of ``conv3d`` with same-padding there (then ReLU
+    with ``relu``)."""
     geom = submanifold_geometry(triple(kernel_size, "kernel_size", 1), triple(dilation, "dilation", 1))
     check_input(x, weight, geom.kernel_size)
     kmap, dst = conv_map(x, geom, "subm", indice_key)
-    return apply_on_map(x, weight, bias, kmap, dst, fwd_algo, bwd_algo)
+    return apply_on_map(x, weight, bias, kmap, dst, fwd_algo, bwd_algo, relu=relu)
 
 
 def sparse_conv3d(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   kernel_size: int | Triple = 3, stride: int | Triple = 1, padding: int | Triple = 0,
                   dilation: int | Triple = 1, transposed: bool = False, indice_key: str | None = None,
-                  fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None) -> SparseTensor:
+                  fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None, relu: bool = False) -> SparseTensor:
     """Regular (or transposed) sparse conv: outputs on every site of the dense output grid that some input
-    reaches; values of ``conv3d`` (``conv_transpose3d``) there."""
+    reaches; values of ``conv3d`` (``conv_transpose3d``) there (then ReLU with ``relu``)."""
     geom = ConvGeometry(triple(kernel_size, "kernel_size", 1), triple(stride, "stride", 1),
                         triple(padding, "padding", 0), triple(dilation, "dilation", 1), transposed)
     check_input(x, weight, geom.kernel_size)
     kmap, dst = conv_map(x, geom, "transposed" if transposed else "conv", indice_key)
-    return apply_on_map(x, weight, bias, kmap, dst, fwd_algo, bwd_algo)
+    return apply_on_map(x, weight, bias, kmap, dst, fwd_algo, bwd_algo, relu=relu)
 
 
 def sparse_inverse_conv3d(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | None, kernel_size: int | Triple,
-                          indice_key: str, fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None) -> SparseTensor:
-    """Inverse of the conv stored under ``indice_key``: back onto its input sites (transposed conv values)."""
+                          indice_key: str, fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None,
+                          relu: bool = False) -> SparseTensor:
+    """Inverse of the conv stored under ``indice_key``: back onto its input sites (transposed conv values, then
+    ReLU with ``relu``)."""
     ks = triple(kernel_size, "kernel_size", 1)
     check_input(x, weight, ks)
     kmap, dst = inverse_map(x, indice_key, ks)
-    return apply_on_map(x, weight, bias, kmap, dst, fwd_algo, bwd_algo)
+    return apply_on_map(x, weight, bias, kmap, dst, fwd_algo, bwd_algo, relu=relu)
 
 
 def warp_geometry(kernel_size: Triple, stride: Triple, dilation: Triple, transposed: bool) -> ConvGeometry:
@@ -99,8 +102,8 @@ def spatially_sparse_conv(input: SparseTensor, weight: torch.Tensor, kernel_size
                           stride: int | Triple = 1, dilation: int | Triple = 1, bias: torch.Tensor | None = None,
                           transposed: bool = False, generative: bool = False,
                           output_spatially_sparse_tensor: SparseTensor | None = None,
-                          fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None) -> SparseTensor:
-    """WarpConvNet-style sparse conv with kernel offsets centred for odd sizes.
+                          fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None, relu: bool = False) -> SparseTensor:
+    """WarpConvNet-style sparse conv with kernel offsets centred for odd sizes (then ReLU with ``relu``).
 
     Output sites: those of ``output_spatially_sparse_tensor`` when given; else every reached site when
     ``generative`` or ``transposed``; else the input sites (stride 1) or the unique ``floor(coords / stride)``.
@@ -109,4 +112,4 @@ def spatially_sparse_conv(input: SparseTensor, weight: torch.Tensor, kernel_size
     ks = triple(kernel_size, "kernel_size", 1)
     check_input(input, weight, ks)
     kmap, dst = warp_conv_map(input, ks, stride, dilation, transposed, generative, output_spatially_sparse_tensor)
-    return apply_on_map(input, weight, bias, kmap, dst, fwd_algo, bwd_algo)
+    return apply_on_map(input, weight, bias, kmap, dst, fwd_algo, bwd_algo, relu=relu)

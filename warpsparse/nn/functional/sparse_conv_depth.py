@@ -26,9 +26,10 @@ def spatially_sparse_depthwise_conv(in_features: torch.Tensor, weight: torch.Ten
 
 def sparse_depthwise_conv3d(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                             kernel_size: int | Triple = 3, stride: int | Triple = 1, dilation: int | Triple = 1,
-                            fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None) -> SparseTensor:
-    """Depthwise conv of ``x`` with ``weight`` [K, C], on the sites of :func:`spatially_sparse_conv`."""
+                            fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None, relu: bool = False) -> SparseTensor:
+    """Depthwise conv of ``x`` with ``weight`` [K, C], on the sites of :func:`spatially_sparse_conv` (then ReLU
+    with ``relu``)."""
     ks = triple(kernel_size, "kernel_size", 1)
     check_input(x, weight, ks, depthwise=True)
     kmap, dst = warp_conv_map(x, ks, stride, dilation, False, False, None)
-    return apply_on_map(x, weight, bias, kmap, dst, fwd_algo, bwd_algo, depthwise=True)
+    return apply_on_map(x, weight, bias, kmap, dst, fwd_algo, bwd_algo, depthwise=True, relu=relu)

@@ -20,10 +20,11 @@ from warpsparse.tuner.modes import parse_mode
 
 
 class _SparseConvBase(nn.Module):
-    """Holds ``weight`` [K, C_in, C_out] (or [K, C] depthwise), ``bias`` [C_out] and the algorithm choice."""
+    """Holds ``weight`` [K, C_in, C_out] (or [K, C] depthwise), ``bias`` [C_out], whether a ReLU follows (fused
+    into the forward kernel with the bias) and the algorithm choice."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Triple, bias: bool,
-                 fwd_algo: AlgoSpec, bwd_algo: AlgoSpec, depthwise: bool = False) -> None:
+                 fwd_algo: AlgoSpec, bwd_algo: AlgoSpec, relu: bool, depthwise: bool = False) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -37,7 +38,9 @@ class _SparseConvBase(nn.Module):
         for name, value in (("fwd_algo", fwd_algo), ("bwd_algo", bwd_algo)):
             if value is not None:
                 parse_mode(value, depthwise, name)  # a bad name fails here, not at the first (backward) call
-        self.fwd_algo, self.bwd_algo = fwd_algo, bwd_algo
+        if not isinstance(relu, bool):
+            raise TypeError(f"relu must be a bool, got {relu!r}")
+        self.fwd_algo, self.bwd_algo, self.relu = fwd_algo, bwd_algo, relu
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -56,7 +59,9 @@ class _SparseConvBase(nn.Module):
                              f"{x.num_channels}")
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, bias={self.bias is not None}"
+        relu = ", relu=True" if self.relu else ""
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"bias={self.bias is not None}{relu}")
 
 
 class SubMConv3d(_SparseConvBase):
@@ -64,8 +69,8 @@ class SubMConv3d(_SparseConvBase):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Triple = 3, dilation: int | Triple = 1,
                  bias: bool = True, indice_key: str | None = None, fwd_algo: AlgoSpec = None,
-                 bwd_algo: AlgoSpec = None) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, bias, fwd_algo, bwd_algo)
+                 bwd_algo: AlgoSpec = None, relu: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, bias, fwd_algo, bwd_algo, relu)
         self.dilation = triple(dilation, "dilation", 1)
         submanifold_geometry(self.kernel_size, self.dilation)  # rejects even kernels now
         self.indice_key = indice_key
@@ -73,7 +78,7 @@ class SubMConv3d(_SparseConvBase):
     def forward(self, x: SparseTensor) -> SparseTensor:
         self._check(x)
         return subm_conv3d(x, self.weight, self.bias, self.kernel_size, self.dilation, self.indice_key,
-                           self.fwd_algo, self.bwd_algo)
+                           self.fwd_algo, self.bwd_algo, self.relu)
 
 
 class SparseConv3d(_SparseConvBase):
@@ -83,8 +88,9 @@ class SparseConv3d(_SparseConvBase):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Triple, stride: int | Triple = 1,
                  padding: int | Triple = 0, dilation: int | Triple = 1, bias: bool = True,
-                 indice_key: str | None = None, fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, bias, fwd_algo, bwd_algo)
+                 indice_key: str | None = None, fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None,
+                 relu: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, bias, fwd_algo, bwd_algo, relu)
         self.stride = triple(stride, "stride", 1)
         self.padding = triple(padding, "padding", 0)
         self.dilation = triple(dilation, "dilation", 1)
@@ -93,7 +99,7 @@ class SparseConv3d(_SparseConvBase):
     def forward(self, x: SparseTensor) -> SparseTensor:
         self._check(x)
         return sparse_conv3d(x, self.weight, self.bias, self.kernel_size, self.stride, self.padding, self.dilation,
-                             self.transposed, self.indice_key, self.fwd_algo, self.bwd_algo)
+                             self.transposed, self.indice_key, self.fwd_algo, self.bwd_algo, self.relu)
 
 
 class SparseConvTranspose3d(SparseConv3d):
@@ -106,8 +112,8 @@ class SparseInverseConv3d(_SparseConvBase):
     """Inverse of the strided conv stored under ``indice_key``: back onto that conv's input sites."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Triple, indice_key: str,
-                 bias: bool = True, fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, bias, fwd_algo, bwd_algo)
+                 bias: bool = True, fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None, relu: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, bias, fwd_algo, bwd_algo, relu)
         if not isinstance(indice_key, str):
             raise TypeError(f"indice_key must be the str key of a SparseConv3d, got {indice_key!r}")
         self.indice_key = indice_key
@@ -115,7 +121,7 @@ class SparseInverseConv3d(_SparseConvBase):
     def forward(self, x: SparseTensor) -> SparseTensor:
         self._check(x)
         return sparse_inverse_conv3d(x, self.weight, self.bias, self.kernel_size, self.indice_key, self.fwd_algo,
-                                     self.bwd_algo)
+                                     self.bwd_algo, self.relu)
 
 
 class SpatiallySparseConv(_SparseConvBase):
@@ -123,8 +129,8 @@ class SpatiallySparseConv(_SparseConvBase):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Triple, stride: int | Triple = 1,
                  dilation: int | Triple = 1, transposed: bool = False, generative: bool = False, bias: bool = True,
-                 fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, bias, fwd_algo, bwd_algo)
+                 fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None, relu: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, bias, fwd_algo, bwd_algo, relu)
         self.stride = triple(stride, "stride", 1)
         self.dilation = triple(dilation, "dilation", 1)
         self.transposed, self.generative = transposed, generative
@@ -133,19 +139,19 @@ class SpatiallySparseConv(_SparseConvBase):
         self._check(x)
         return spatially_sparse_conv(x, self.weight, self.kernel_size, self.stride, self.dilation, self.bias,
                                      self.transposed, self.generative, output_spatially_sparse_tensor,
-                                     self.fwd_algo, self.bwd_algo)
+                                     self.fwd_algo, self.bwd_algo, self.relu)
 
 
 class SparseDepthwiseConv3d(_SparseConvBase):
     """Depthwise conv (one filter per channel, weight [K, C]) on the sites of :class:`SpatiallySparseConv`."""
 
     def __init__(self, channels: int, kernel_size: int | Triple, stride: int | Triple = 1, dilation: int | Triple = 1,
-                 bias: bool = True, fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None) -> None:
-        super().__init__(channels, channels, kernel_size, bias, fwd_algo, bwd_algo, depthwise=True)
+                 bias: bool = True, fwd_algo: AlgoSpec = None, bwd_algo: AlgoSpec = None, relu: bool = False) -> None:
+        super().__init__(channels, channels, kernel_size, bias, fwd_algo, bwd_algo, relu, depthwise=True)
         self.stride = triple(stride, "stride", 1)
         self.dilation = triple(dilation, "dilation", 1)
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         self._check(x)
         return sparse_depthwise_conv3d(x, self.weight, self.bias, self.kernel_size, self.stride, self.dilation,
-                                       self.fwd_algo, self.bwd_algo)
+                                       self.fwd_algo, self.bwd_algo, self.relu)
