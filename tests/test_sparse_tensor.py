@@ -63,7 +63,7 @@ def test_replace_shares_sites_and_key_store():
     assert y.coord_set is x.coord_set and y.indice_store is x.indice_store and "s" in y.indice_store
     with pytest.raises(ValueError, match=f"{x.num_points} rows"):
         x.replace(torch.randn(x.num_points + 1, 3, dtype=torch.float64))
-    with pytest.raises(TypeError, match="floating-point"):
+    with pytest.raises(TypeError, match="features must be float16, bfloat16, float32 or float64, got torch.int64"):
         x.replace(torch.ones(x.num_points, 3, dtype=torch.int64))
 
 

@@ -5,7 +5,8 @@ strides) is output stationary: a program owns ``BLOCK_M`` rows of the result and
 gathers source rows through the neighbour table and accumulates in fp32; every result row is stored once.
 The weight gradient reduces over pairs (per-offset chunks of the pair list) or over output rows (the packed
 form for few input channels) and leaves partial sums in a workspace or adds them atomically. Row counts are
-not specialized on, so the levels of a network share compiled kernels.
+not specialized on, so the levels of a network share compiled kernels; nor is the forward epilogue (bias,
+ReLU: runtime flags), so a conv with a bias runs the kernels its tuning compiled.
 """
 from __future__ import annotations
 
@@ -37,13 +38,13 @@ def table_row_starts(rows, row_ok, order_ptr, kvol, SORTED: tl.constexpr):
 
 
 @triton.jit
-def store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, bias_ptr, SORTED: tl.constexpr,
-               HAS_BIAS: tl.constexpr, RELU: tl.constexpr):
-    """Store ``acc`` (plus ``bias``, then ReLU: the epilogue, in fp32) into result rows ``rows`` (through
-    ``order`` when the table rows are mask-sorted)."""
-    if HAS_BIAS:
+def store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, bias_ptr, has_bias, relu,
+               SORTED: tl.constexpr):
+    """Store ``acc`` (plus ``bias`` where ``has_bias``, then ReLU where ``relu``: the epilogue, in fp32) into
+    result rows ``rows`` (through ``order`` when the table rows are mask-sorted)."""
+    if has_bias != 0:
         acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    if RELU:
+    if relu != 0:
         acc = tl.maximum(acc, 0.0)
     if SORTED:
         dst = tl.load(order_ptr + rows, mask=row_ok, other=0)
@@ -54,13 +55,12 @@ def store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, bias
 
 
 @fast_launch(precompilable=True)
-@triton.jit(do_not_specialize=["n_rows", "flip"])
+@triton.jit(do_not_specialize=["n_rows", "flip", "has_bias", "relu"])
 def propagate_gather_kernel(
         x_ptr, w_ptr, y_ptr, bias_ptr, nbr_ptr, order_ptr, count_ptr, active_ptr,
-        n_rows, c_red, c_n, kvol, flip, stride_x, stride_wk, stride_wr, stride_wn, stride_y,
+        n_rows, c_red, c_n, kvol, flip, stride_x, stride_wk, stride_wr, stride_wn, stride_y, has_bias, relu,
         SORTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HAS_BIAS: tl.constexpr,
-        RELU: tl.constexpr):
+        USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """``y[o] = sum_k x[nbr[o, k]] @ w[k]`` looping over the offsets the row block uses (see
     :class:`~warpsparse.algorithms.triton.layouts.BlockOffsets`), ``BLOCK_K`` channels at a time; the
     epilogue adds ``bias`` and applies ReLU."""
@@ -88,16 +88,15 @@ def propagate_gather_kernel(
         b = tl.load(w_ptr + k * stride_wk + c[:, None] * stride_wr + cols[None, :] * stride_wn,
                     mask=c_ok[:, None] & col_ok[None, :], other=0.0)
         acc = mac(acc, a, b, USE_DOT, PRECISION, UPCAST)
-    store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, bias_ptr, SORTED, HAS_BIAS, RELU)
+    store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, bias_ptr, has_bias, relu, SORTED)
 
 
 @fast_launch(precompilable=True)
-@triton.jit(do_not_specialize=["n_rows"])
+@triton.jit(do_not_specialize=["n_rows", "has_bias", "relu"])
 def propagate_packed_kernel(
         x_ptr, w_ptr, y_ptr, bias_ptr, nbr_ptr, n_rows, c_red, c_n, kvol, stride_x, stride_wk, stride_wr,
-        stride_wn, stride_y, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HAS_BIAS: tl.constexpr,
-        RELU: tl.constexpr):
+        stride_wn, stride_y, has_bias, relu, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """The same product with offsets and channels packed into one reduction index ``r = k * c_red + c``, so
     a few source channels do not leave most of each tile empty."""
     pid_m = tl.program_id(0)
@@ -119,7 +118,7 @@ def propagate_packed_kernel(
         b = tl.load(w_ptr + k[:, None] * stride_wk + c[:, None] * stride_wr + cols[None, :] * stride_wn,
                     mask=r_ok[:, None] & col_ok[None, :], other=0.0)
         acc = mac(acc, a, b, USE_DOT, PRECISION, UPCAST)
-    store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, y_ptr, stride_y, bias_ptr, False, HAS_BIAS, RELU)
+    store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, y_ptr, stride_y, bias_ptr, has_bias, relu, False)
 
 
 @triton.jit

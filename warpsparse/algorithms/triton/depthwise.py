@@ -54,9 +54,8 @@ def propagate(src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, params: 
     order = lay.order if lay.order is not None else lay.count
     K.dw_propagate_kernel[grid](src, weight, y, y if bias is None else bias.contiguous(), lay.table, order, lay.count,
                                 lay.active, n_rows, c, kvol, lay.flip, src.stride(0), weight.stride(0), y.stride(0),
-                                SORTED=lay.order is not None, BLOCK_M=block_m, BLOCK_C=block_c,
-                                HAS_BIAS=bias is not None, RELU=relu, num_warps=params["num_warps"],
-                                num_stages=params["num_stages"])
+                                int(bias is not None), int(relu), SORTED=lay.order is not None, BLOCK_M=block_m,
+                                BLOCK_C=block_c, num_warps=params["num_warps"], num_stages=params["num_stages"])
     return y
 
 

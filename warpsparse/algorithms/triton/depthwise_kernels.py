@@ -13,11 +13,10 @@ from warpsparse.triton_launch import fast_launch
 
 
 @fast_launch(precompilable=True)
-@triton.jit(do_not_specialize=["flip"])  # one compile serves maps and the mirrored reverses of symmetric maps
+@triton.jit(do_not_specialize=["flip", "has_bias", "relu"])  # one compile serves maps, mirrored reverses, epilogues
 def dw_propagate_kernel(
         x_ptr, w_ptr, y_ptr, bias_ptr, nbr_ptr, order_ptr, count_ptr, active_ptr, n_rows, c, kvol, flip, stride_x,
-        stride_w, stride_y, SORTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-        HAS_BIAS: tl.constexpr, RELU: tl.constexpr):
+        stride_w, stride_y, has_bias, relu, SORTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """``y[o] = sum_k x[nbr[o, k]] * w[k]`` over the offsets the row block uses, then the epilogue."""
     pid_m = tl.program_id(0)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -35,7 +34,7 @@ def dw_propagate_kernel(
                      mask=(src >= 0)[:, None] & col_ok[None, :], other=0.0)
         wv = tl.load(w_ptr + k * stride_w + cols, mask=col_ok, other=0.0)
         acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
-    store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, bias_ptr, SORTED, HAS_BIAS, RELU)
+    store_rows(y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, bias_ptr, has_bias, relu, SORTED)
 
 
 @fast_launch(precompilable=True)

@@ -214,19 +214,19 @@ def propagate(src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, params: 
     block_m, block_n, block_k = params["BLOCK_M"], params["BLOCK_N"], params["BLOCK_K"]
     grid = (cdiv(n_rows, block_m), cdiv(c_n, block_n))
     common = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, USE_DOT=min(block_n, block_k) >= 16,
-                  PRECISION=dot_precision(src), UPCAST=upcast_dots(src), HAS_BIAS=bias is not None, RELU=relu,
-                  num_warps=params["num_warps"], num_stages=params["num_stages"])
+                  PRECISION=dot_precision(src), UPCAST=upcast_dots(src), num_warps=params["num_warps"],
+                  num_stages=params["num_stages"])
     strides = (src.stride(0), weight.stride(0), weight.stride(1), weight.stride(2), y.stride(0))
+    tail = (*strides, int(bias is not None), int(relu))
     bias_or_y = y if bias is None else bias.contiguous()  # the epilogue reads it at unit stride
     if params["mode"] == "packed":
         K.propagate_packed_kernel[grid](src, weight, y, bias_or_y, kmap.nbr.contiguous(), n_rows, c_red, c_n, kvol,
-                                        *strides, **common)
+                                        *tail, **common)
     else:
         lay = block_offsets(kmap, params["sorted"], block_m)
         order = lay.order if lay.order is not None else lay.count
         K.propagate_gather_kernel[grid](src, weight, y, bias_or_y, lay.table, order, lay.count, lay.active, n_rows,
-                                        c_red, c_n, kvol, lay.flip, *strides, SORTED=lay.order is not None,
-                                        **common)
+                                        c_red, c_n, kvol, lay.flip, *tail, SORTED=lay.order is not None, **common)
     return y
 
 
