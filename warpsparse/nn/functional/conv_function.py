@@ -59,9 +59,7 @@ class SparseConvFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad
         grad_in = run_op(dgrad, grad_out, weight, ctx.kmap, ctx.bwd_algo) if needs[0] else None
         grad_w = run_op(wgrad, features, grad_out, ctx.kmap, ctx.bwd_algo) if needs[1] else None
-        grad_b = None
-        if needs[2]:  # summed in fp32 at least
-            grad_b = grad_out.sum(0, dtype=torch.promote_types(grad_out.dtype, torch.float32)).to(grad_out.dtype)
+        grad_b = grad_out.sum(0) if needs[2] else None  # torch accumulates half types in fp32
         return grad_in, grad_w, grad_b, None, None, None, None, None
 
 
