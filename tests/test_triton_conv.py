@@ -27,7 +27,7 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 SCAN = Path(__file__).resolve().parents[1] / "warpsparse" / "data" / "waymo-scan-spconv.npz"
 
-VARIANTS = ["subm", "strided", "transposed", "inverse", "isolated"]
+VARIANTS = ["subm", "strided", "transposed", "overlapping_transposed", "inverse", "isolated"]
 # every variant sees channel sizes 1, 3, 16, 17 and 64 (as input or output channels)
 CHANNELS = [(1, 16), (3, 17), (17, 64), (64, 3)]
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
@@ -46,7 +46,8 @@ def make_map(variant: str, sites: int = 100, shape: tuple[int, int, int] = (8, 8
     """A map of ``variant`` on random sites of two batches of a ``shape`` grid.
 
     ``inverse`` is the reversed map of a stride-2 conv (what an inverse conv runs on); ``isolated`` maps
-    onto output sites of which many have no input in reach (rows of -1 only).
+    onto output sites of which many have no input in reach (rows of -1 only); ``transposed`` (2x2x2, stride 2)
+    gives each output one input, ``overlapping_transposed`` (3x3x3, stride 2) several.
     """
     src = CoordSet(random_coords(sites, shape, 2).to(device), shape, 2)
     if variant in ("subm", "isolated"):
@@ -57,8 +58,9 @@ def make_map(variant: str, sites: int = 100, shape: tuple[int, int, int] = (8, 8
         geom = ConvGeometry((3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1))
         kmap = build_kernel_map(src, geom, geom.output_shape(shape))[0]
         return kmap.reversed() if variant == "inverse" else kmap
-    if variant == "transposed":
-        geom = ConvGeometry((2, 2, 2), (2, 2, 2), (0, 0, 0), (1, 1, 1), transposed=True)
+    if variant in ("transposed", "overlapping_transposed"):
+        size, pad = (2, 0) if variant == "transposed" else (3, 1)
+        geom = ConvGeometry((size,) * 3, (2, 2, 2), (pad,) * 3, (1, 1, 1), transposed=True)
         return build_kernel_map(src, geom, geom.output_shape(shape), kind="transposed")[0]
     raise ValueError(variant)
 
