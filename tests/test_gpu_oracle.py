@@ -60,9 +60,9 @@ def _skip_unless_applies(algo: str, kmap, cin: int, cout: int, dtype: torch.dtyp
 def _layer(name: str, cin: int, cout: int, algo: str) -> torch.nn.Module:
     kw = dict(fwd_algo=algo, bwd_algo=algo)
     return {
-        "subm": lambda: wnn.SubMConv3d(cin, cout, 3, **kw),
+        "subm": lambda: wnn.SubMConv3d(cin, cout, 3, relu=True, **kw),
         "conv": lambda: wnn.SparseConv3d(cin, cout, 3, 2, 1, **kw),
-        "transposed": lambda: wnn.SparseConvTranspose3d(cin, cout, 3, 2, 1, **kw),
+        "transposed": lambda: wnn.SparseConvTranspose3d(cin, cout, 3, 2, 1, relu=True, **kw),
         "inverse": lambda: wnn.SparseInverseConv3d(cin, cout, 3, "down", **kw),
         "strided": lambda: wnn.SpatiallySparseConv(cin, cout, 3, 2, **kw),
         "transposed_to_output": lambda: wnn.SpatiallySparseConv(cin, cout, 3, 2, transposed=True, **kw),
@@ -112,6 +112,8 @@ def test_gpu_conv(algo, layer, cin, cout, dtype):
         sites, _ = reached_sites(inp, k, s, p, transposed=transposed)
         assert_sites(out.coords, sites, f"{layer} output sites on CUDA")
     grid = dense_conv(inp.dense(), w, k, s, p, transposed=transposed, bias=b, cover=out.spatial_shape)
+    if layer in ("subm", "transposed"):  # built with the fused ReLU
+        grid = torch.relu(grid)
     check_conv(out, grid, [(inp.feats, inp.ref_feats), (m.weight, w), (m.bias, b)], f"{algo} {layer} {dtype}", dtype)
 
 

@@ -331,3 +331,18 @@ def test_gpu_deterministic_and_tf32() -> None:
         assert common.dot_precision(x.half()) == "tf32"
     finally:
         torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("variant", ["subm", "strided"])
+def test_gpu_epilogue(variant: str, poisoned: None) -> None:
+    """The fused bias and ReLU on the scan, every forward form, against the explicit epilogue."""
+    kmap = scan_map(variant)
+    x, w = operands(Op.CONV_FWD, kmap, 64, 64, torch.float16)
+    bias = torch.randn(64, device="cuda").half()
+    ref = EXPLICIT.run(Op.CONV_FWD, {"batch_below": 0}, x.double(), w.double(), kmap, bias.double(), True)
+    forms = {(p["mode"], p.get("sorted")): p for p in ALGO.param_space(Signature.of(Op.CONV_FWD, x, w, kmap)).points()}
+    for params in forms.values():
+        err = relative_error(ALGO.run(Op.CONV_FWD, params, x, w, kmap, bias, True), ref)
+        assert err <= TOLERANCE[torch.float16], f"{params}: {err:.3g} {seed_note()}"

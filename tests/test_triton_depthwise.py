@@ -118,3 +118,15 @@ def test_applies_and_errors() -> None:
 @needs_cuda
 def test_gpu_scan(variant: str, dtype: torch.dtype, c: int, op: Op, poisoned: None) -> None:
     run_points(op, scan_map(variant), c, dtype, extra=2)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_deterministic_wgrad() -> None:
+    """Every deterministic depthwise weight-gradient point gives bit-identical results on the GPU."""
+    kmap = scan_map("subm")
+    a, b = operands(Op.DW_WGRAD, kmap, 64, torch.float16)
+    points = [p for p in ALGO.param_space(Signature.of(Op.DW_WGRAD, a, b, kmap)).points() if p["deterministic"]]
+    assert points
+    for p in points:
+        assert torch.equal(ALGO.run(Op.DW_WGRAD, p, a, b, kmap), ALGO.run(Op.DW_WGRAD, p, a, b, kmap)), p
