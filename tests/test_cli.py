@@ -133,6 +133,7 @@ def test_export_to_a_directory_or_a_missing_one_is_a_clear_error(monkeypatch, ca
     (["--budget-ms", "-1"], "--budget-ms must be a positive number of milliseconds, got -1"),
     (["--voxel-size", "1000", "--device", "cpu"], "--voxel-size 1000 m leaves 1 voxel of the scan"),
     (["--voxel-size", "1e-9", "--device", "cpu"], "--voxel-size 1e-09: "),
+    (["--voxel-size", "20", "--device", "cpu"], "--voxel-size 20 m: the sample network cannot run on this scan"),
 ])
 def test_tune_rejects_bad_options(capsys, argv, message):
     rc, _, err = _run(capsys, "tune", *argv)

@@ -285,15 +285,22 @@ def test_fused_relu_on_every_conv_kind(kind):
     check_conv(out, ref, [(inp.feats, inp.ref_feats), (m.weight, w), (m.bias, b)], f"{kind} relu=True")
 
 
-def test_epilogue_on_rows_without_inputs():
-    """Output rows no input reaches hold ReLU(bias); with no input rows at all no algorithm runs."""
-    weight = torch.randn(27, 3, 4, dtype=torch.float64)
-    bias = torch.tensor([1.0, -2.0, 0.5, -0.1], dtype=torch.float64, requires_grad=True)
-    kmap = KernelMap(torch.full((5, 27), -1, dtype=torch.int32), 0, (3, 3, 3))
-    out = conv_features(torch.empty(0, 3, dtype=torch.float64), weight, kmap, bias, relu=True, **EXPLICIT)
+@pytest.mark.parametrize("algo, dtype", [("explicit_gemm", torch.float64), ("implicit_gemm", torch.float32)])
+def test_epilogue_on_rows_without_inputs(algo, dtype):
+    """Output rows no input reaches hold ReLU(bias), through the algorithms and through the no-input shortcut."""
+    weight = torch.randn(27, 3, 4, dtype=dtype)
+    bias = torch.tensor([1.0, -2.0, 0.5, -0.1], dtype=dtype, requires_grad=True)
+    nbr = torch.full((5, 27), -1, dtype=torch.int32)
+    nbr[0, 13] = 1  # only output row 0 has an input: input row 1 at the centre offset
+    x = torch.randn(2, 3, dtype=dtype)
+    out = conv_features(x, weight, KernelMap(nbr, 2, (3, 3, 3)), bias, relu=True, fwd_algo=algo, bwd_algo=algo)
+    assert_close(out[0], torch.relu(x[1] @ weight[13] + bias.detach()), f"{algo}: the row with an input")
+    assert torch.equal(out[1:], torch.relu(bias.detach()).expand(4, 4)), f"{algo}: rows without inputs"
+    empty = KernelMap(torch.full((5, 27), -1, dtype=torch.int32), 0, (3, 3, 3))
+    out = conv_features(torch.empty(0, 3, dtype=dtype), weight, empty, bias, relu=True, fwd_algo=algo)
     assert torch.equal(out, torch.relu(bias.detach()).expand(5, 4))
     out.sum().backward()
-    assert torch.equal(bias.grad, torch.tensor([5.0, 0.0, 5.0, 0.0], dtype=torch.float64))
+    assert torch.equal(bias.grad, torch.tensor([5.0, 0.0, 5.0, 0.0], dtype=dtype))
 
 
 def test_no_bias_and_default_spatial_shape():

@@ -332,7 +332,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"sample: bundled scan, {scan.num_points} voxels of {args.voxel_size} m on {device}, {args.dtype}; "
           f"cache {store.cache_file()}")
     with collect_calls() as calls:
-        out = model(scan)
+        try:
+            out = model(scan)
+        except ValueError as exc:  # e.g. voxels so large that a level of the sample network has no grid left
+            raise CliError(f"--voxel-size {args.voxel_size:g} m: the sample network cannot run on this scan: "
+                           f"{exc}") from None
         if not args.forward_only:
             out.features.float().square().mean().backward()
     if not calls:

@@ -186,7 +186,8 @@ class Algorithm(ABC):
         """Compute ``op(a, b, kmap)`` with ``params`` (see :class:`Op` for shapes). Returns a new tensor.
 
         Forward ops only: the epilogue adds ``bias`` [C_out] (the dtype of ``a``) to every result row, then
-        applies ReLU when ``relu`` is set (see :func:`epilogue`)."""
+        applies ReLU when ``relu`` is set (see :func:`epilogue`); other ops ignore both (the dispatcher refuses
+        them there)."""
 
     def __repr__(self) -> str:
         return f"<algorithm {self.name}>"

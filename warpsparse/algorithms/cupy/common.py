@@ -142,4 +142,4 @@ class CupyAlgorithm(Algorithm):
                 out = self.compute(op, params, a, b, kmap)
         else:
             out = self.compute(op, params, a, b, kmap)
-        return epilogue(out, bias, relu)
+        return epilogue(out, bias, relu) if op.is_forward else out

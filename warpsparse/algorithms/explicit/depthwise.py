@@ -42,5 +42,7 @@ class ExplicitDepthwise(Algorithm):
             else:
                 prod = src[src_idx[start:stop]].to(acc) * b[p.offset_of_pair[start:stop]].to(acc)
             out.index_add_(0, dst_idx[start:stop], prod)
-        return epilogue(out, None if bias is None else bias.to(acc), relu).to(a.dtype)
+        if op == Op.DW_FWD:
+            epilogue(out, None if bias is None else bias.to(acc), relu)
+        return out.to(a.dtype)
 

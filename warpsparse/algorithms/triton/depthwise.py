@@ -115,7 +115,7 @@ class TritonImplicitDepthwise(Algorithm):
             if a.dim() != 2 or a.shape[0] != n_src or b.shape != (kvol, a.shape[1]) or a.dtype != b.dtype:
                 raise ValueError(f"{self.name}: {name} {tuple(a.shape)} {a.dtype} and weight {tuple(b.shape)} "
                                  f"{b.dtype} do not fit a map of {n_src} source rows and kernel volume {kvol}")
-            return propagate(a, b, target, params, bias, relu)
+            return propagate(a, b, target, params, *((bias, relu) if op == Op.DW_FWD else ()))
         if op == Op.DW_WGRAD:
             if a.shape[0] != kmap.num_in or b.shape != (kmap.num_out, a.shape[1]) or a.dtype != b.dtype:
                 raise ValueError(f"{self.name} wgrad: features {tuple(a.shape)} {a.dtype} and grad_out "
