@@ -17,7 +17,8 @@ Workloads (each under the time ``--budget-s`` leaves):
 - ``regret``: per layer and op of a suite, the time of AUTO's choice over the best of every candidate timed.
 
 Order: per network its tuning probes, then the network in the first dtype (it reuses the probes' caches); then
-regret; the networks in the other dtypes; batch4; maps; layers. Results go to ``--out``: ``results.json``,
+regret; the networks at the ``--extra-voxel-sizes`` (default 0.05 m on a GPU) in the first dtype; the networks
+in the other dtypes; batch4; maps; layers. Results go to ``--out``: ``results.json``,
 ``results.md`` and PNG plots (rewritten after every workload), and the tuning caches the run filled.
 """
 from __future__ import annotations
@@ -89,6 +90,7 @@ class Config:
     dtypes: tuple[torch.dtype, ...]
     algos: tuple[str, ...]
     voxel_size: float
+    extra_voxel_sizes: tuple[float, ...]
     peer: bool
     budget_s: float | None
     width_divisor: int
@@ -125,10 +127,11 @@ class Run:
     spconv: ModuleType | None = None
     inputs: dict[tuple[float, int], nets.ScanInput] = field(default_factory=dict)
 
-    def input(self, batch_size: int = 1) -> nets.ScanInput:
-        key = (self.cfg.voxel_size, batch_size)
+    def input(self, batch_size: int = 1, voxel_size: float | None = None) -> nets.ScanInput:
+        """The scan at ``voxel_size`` (default the run's), ``batch_size`` copies; loaded once."""
+        key = (voxel_size or self.cfg.voxel_size, batch_size)
         if key not in self.inputs:
-            self.inputs[key] = nets.load_input(self.cfg.voxel_size, self.cfg.device, batch_size)
+            self.inputs[key] = nets.load_input(key[0], self.cfg.device, batch_size)
         return self.inputs[key]
 
     def cache_env(self, name: str) -> dict[str, str]:
@@ -263,9 +266,10 @@ def bench_network(run: Run, network: str, inp: nets.ScanInput, dtype: torch.dtyp
 
 
 def network_workload(run: Run, network: str, section: dict[str, Any], batch_size: int,
-                     dtypes: tuple[torch.dtype, ...]) -> dict[str, Any]:
-    """Fill ``section`` with the timings of ``network`` on the scan (``batch_size`` copies), per dtype."""
-    inp = run.input(batch_size)
+                     dtypes: tuple[torch.dtype, ...], voxel_size: float | None = None) -> dict[str, Any]:
+    """Fill ``section`` with the timings of ``network`` on the scan (``batch_size`` copies, at ``voxel_size``,
+    default the run's), per dtype."""
+    inp = run.input(batch_size, voxel_size)
     note = f"{inp.label}: {inp.num_sites} voxels, grid {inp.spatial_shape}"
     if batch_size > 1:
         section["rotations"] = {"seed": inp.seed, "angles_deg": list(inp.angles_deg)}
@@ -616,6 +620,11 @@ def run_all(run: Run) -> None:
             _run_workload(run, network, lambda section: network_workload(run, network, section, 1, dtypes[:1]))
     if "regret" in wl:
         _run_workload(run, "regret", lambda section: regret_workload(run, section))
+    for voxel in run.cfg.extra_voxel_sizes:
+        for network in nets.NETWORKS:
+            if network in wl:
+                _run_workload(run, network,
+                              lambda section: network_workload(run, network, section, 1, dtypes[:1], voxel))
     for network in nets.NETWORKS:
         if network in wl and dtypes[1:]:
             _run_workload(run, network, lambda section: network_workload(run, network, section, 1, dtypes[1:]))
@@ -651,6 +660,9 @@ def parser() -> argparse.ArgumentParser:
                    help="warpsparse variants, comma-separated: auto, explicit, or algorithm names (default "
                         "auto,explicit on GPU, explicit on CPU); the first one is used by tuning and regret")
     p.add_argument("--voxel-size", type=float, default=None, help="voxel size in metres (default 0.1)")
+    p.add_argument("--extra-voxel-sizes", default=None,
+                   help="comma-separated voxel sizes at which the networks also run, in the first dtype (default "
+                        "0.05 on GPU, none on CPU or with --tiny)")
     p.add_argument("--no-peer", action="store_true", help="do not run spconv even when it is importable")
     p.add_argument("--budget-s", type=float, default=None,
                    help="time budget in seconds; workloads that do not fit are skipped (default: none)")
@@ -698,12 +710,22 @@ def make_config(args: argparse.Namespace) -> Config:
     voxel = args.voxel_size or (TINY_VOXEL if args.tiny else 0.1)
     if not voxel > 0:
         raise ValueError(f"--voxel-size must be positive, got {voxel}")
+    extra_text = args.extra_voxel_sizes
+    if extra_text is None:
+        extra_text = "0.05" if device.type == "cuda" and not args.tiny else ""
+    try:
+        extra = tuple(dict.fromkeys(float(v) for v in extra_text.split(",") if v.strip()))
+    except ValueError:
+        raise ValueError(f"--extra-voxel-sizes must be comma-separated numbers, got {extra_text!r}") from None
+    if not all(v > 0 for v in extra):
+        raise ValueError(f"--extra-voxel-sizes must be positive, got {extra_text!r}")
     for name in ("budget_s", "regret_s"):
         value = getattr(args, name)
         if value is not None and not value > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
     return Config(device=device, tiny=args.tiny, workloads=workloads, out=args.out, dtypes=dtypes, algos=algos,
-                  voxel_size=voxel, peer=not args.no_peer and device.type == "cuda", budget_s=args.budget_s,
+                  voxel_size=voxel, extra_voxel_sizes=tuple(v for v in extra if v != voxel),
+                  peer=not args.no_peer and device.type == "cuda", budget_s=args.budget_s,
                   width_divisor=TINY_DIVISOR if args.tiny else 1, target_s=0.05 if args.tiny else 1.0,
                   min_reps=3 if args.tiny else 10, layers_args=shlex.split(args.layers_args),
                   regret_s=args.regret_s, profile=device.type == "cuda" if args.profile is None else args.profile)
@@ -754,6 +776,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                                "config": {"device": str(cfg.device), "tiny": cfg.tiny, "workloads": cfg.workloads,
                                           "dtypes": [str(d).removeprefix("torch.") for d in cfg.dtypes],
                                           "algos": cfg.algos, "voxel_size": cfg.voxel_size,
+                                          "extra_voxel_sizes": list(cfg.extra_voxel_sizes),
                                           "budget_s": cfg.budget_s, "width_divisor": cfg.width_divisor,
                                           "unregistered": missing}}
     run = Run(cfg, Deadline(cfg.budget_s), results, Path(tempfile.mkdtemp(prefix="warpsparse-bench-")))

@@ -91,6 +91,20 @@ def test_entry_point_tiny_cpu(tmp_path, monkeypatch):
     assert "layers_speedup.png" not in plots  # no layers results on CPU
 
 
+def test_networks_at_extra_voxel_sizes(tmp_path, monkeypatch):
+    """``--extra-voxel-sizes`` runs the networks on the scan at those sizes too (rows told apart by input)."""
+    out, data = _run(tmp_path, monkeypatch, "--device", "cpu", "--algos", "explicit", "--dtype", "float32",
+                     "--workloads", "spconv_net", "--extra-voxel-sizes", "1.6,3.2")
+    assert data["config"]["extra_voxel_sizes"] == [1.6]  # the main size is not run twice
+    rows = data["workloads"]["spconv_net"]["rows"]
+    assert {(r["input"], r["pass"]) for r in rows} == {(f"scan @ {v} m", p) for v in ("3.2", "1.6")
+                                                        for p in ("fwd", "fwd+bwd")}
+    assert all("error" not in r for r in rows)
+    assert "| spconv_net | scan @ 1.6 m | fp32 |" in (out / "results.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["--tiny", "--device", "cpu", "--extra-voxel-sizes", "0.1,x"])
+
+
 def test_rotated_batch_is_seeded():
     """The same seed gives the same batch of rotated copies, another seed other copies; the first is the scan."""
     a, b = load_scan(3.2, batch_size=4, seed=7), load_scan(3.2, batch_size=4, seed=7)
