@@ -131,7 +131,7 @@ def test_export_to_a_directory_or_a_missing_one_is_a_clear_error(monkeypatch, ca
     (["--device", "foo"], "--device 'foo': expected cpu, cuda or cuda:N"),
     (["--voxel-size", "0"], "--voxel-size must be a positive number of metres, got 0"),
     (["--budget-ms", "-1"], "--budget-ms must be a positive number of milliseconds, got -1"),
-    (["--voxel-size", "1000", "--device", "cpu"], "--voxel-size 1000 m leaves 1 voxel of the scan"),
+    (["--voxel-size", "1000", "--device", "cpu"], "--voxel-size 1000 m: the sample network cannot run on this scan"),
     (["--voxel-size", "1e-9", "--device", "cpu"], "--voxel-size 1e-09: "),
     (["--voxel-size", "20", "--device", "cpu"], "--voxel-size 20 m: the sample network cannot run on this scan"),
 ])

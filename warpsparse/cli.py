@@ -324,9 +324,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
         scan = demo.load_scan(args.voxel_size, device)
     except ValueError as exc:
         raise CliError(f"--voxel-size {args.voxel_size:g}: {exc}") from None
-    if scan.num_points < 2:  # batch norm in training mode needs two values per channel
-        raise CliError(f"--voxel-size {args.voxel_size:g} m leaves {scan.num_points} voxel of the scan; the sample "
-                       "network needs at least 2: use a smaller voxel size")
     scan = scan.replace(scan.features.to(dtype))
     model = demo.SparseUNet(scan.num_channels).to(device=device, dtype=dtype)
     print(f"sample: bundled scan, {scan.num_points} voxels of {args.voxel_size} m on {device}, {args.dtype}; "
@@ -334,7 +331,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     with collect_calls() as calls:
         try:
             out = model(scan)
-        except ValueError as exc:  # e.g. voxels so large that a level of the sample network has no grid left
+        except ValueError as exc:  # voxels so large that a level has no grid left, or batch norm one value
             raise CliError(f"--voxel-size {args.voxel_size:g} m: the sample network cannot run on this scan: "
                            f"{exc}") from None
         if not args.forward_only:

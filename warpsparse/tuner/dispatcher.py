@@ -52,15 +52,16 @@ def dispatch(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, algo: Al
     variable for ``op``, default auto). The first call of a signature tunes; later ones reuse the choice.
     ``bias`` [C_out] (``a``'s dtype and device) and ``relu``: the epilogue of a forward op (tuning ignores it).
     """
-    if bias is not None or relu:
+    fused = bias is not None or relu
+    if fused:
         _check_epilogue(op, a, b, bias)
     slot = (hot_key(op, a, b, kmap), mode_for(op, algo))
     choice = _table.get(slot)
     if choice is None:
         choice = _decide(op, a, b, kmap, slot, algo)
-    if bias is None and not relu:  # algorithms written before the epilogue keep working without one
-        return choice[0].run(op, choice[1], a, b, kmap)
-    return choice[0].run(op, choice[1], a, b, kmap, bias, relu)
+    if fused:
+        return choice[0].run(op, choice[1], a, b, kmap, bias, relu)
+    return choice[0].run(op, choice[1], a, b, kmap)  # algorithms written before the epilogue keep working
 
 
 def _check_epilogue(op: Op, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> None:

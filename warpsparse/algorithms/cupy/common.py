@@ -106,7 +106,7 @@ class CupyAlgorithm(Algorithm):
 
     def compile_jobs(self, sig: Signature, params: Params) -> list[Callable[[], object]]:
         """One :func:`runtime.function` call per kernel of :meth:`point_instantiations` on the current device."""
-        if runtime.unavailable_reason() is not None:
+        if self.missing_backend() is not None:
             return []
         device = torch.cuda.current_device()
         return [functools.partial(runtime.function, k.family, k.name, device, k.dynamic_smem)
@@ -133,7 +133,7 @@ class CupyAlgorithm(Algorithm):
             bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
         if op not in self.ops:
             raise ValueError(f"{self.name} does not implement {op.value}")
-        reason = runtime.unavailable_reason()
+        reason = self.missing_backend()
         if reason is not None:
             raise RuntimeError(f"{self.name}: {reason}")
         a, b = prepare(self.name, op, a, b, kmap)
