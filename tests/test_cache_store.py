@@ -5,7 +5,9 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import warnings
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -174,6 +176,7 @@ def test_unwritable_cache_dir_warns_once_and_keeps_results_in_memory(monkeypatch
 
 def test_lock_timeout_keeps_results_until_the_lock_is_free(monkeypatch):
     monkeypatch.setattr(store, "LOCK_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(store._writer, "wake", lambda: None)  # its save could come first on a loaded machine
     _tune_one(monkeypatch)
     path = store.cache_file()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +185,27 @@ def test_lock_timeout_keeps_results_until_the_lock_is_free(monkeypatch):
             assert save_tuning_cache() is False
     assert save_tuning_cache() is True
     assert len(_entries()) == 1
+
+
+def test_a_save_waits_for_the_lock_once_even_behind_another_save(monkeypatch, tmp_path):
+    """A save behind a stuck one (another thread waiting for a lock that another process holds) gives up within
+    one ``LOCK_TIMEOUT_S`` in all, not one for each: a process ends no later than that after its last call."""
+    key, _ = _key(monkeypatch)
+    monkeypatch.setattr(store, "LOCK_TIMEOUT_S", 1.0)
+    private = store.TuningStore(tmp_path / "private.json")  # outside the process-wide stores the writer saves
+    private.record(key, [_candidate("a", 1.0)])
+    with FileLock(str(private.path) + ".lock"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        stuck = threading.Thread(target=private.flush)
+        stuck.start()
+        time.sleep(0.5)  # the first save now holds the store and waits for the file lock
+        start = time.monotonic()
+        assert private.flush() is False
+        waited = time.monotonic() - start
+        stuck.join()
+    assert 0.4 < waited < 1.3, f"waited {waited:.2f} s (one wait for each save would be about 1.5 s)"
+    assert private.flush() is True
+    assert [e.key for e in store.read_document(private.path).entries] == [key]
 
 
 def test_background_writer_saves_without_being_asked(monkeypatch):

@@ -112,6 +112,9 @@ def test_import_rejects_invalid_files(monkeypatch, capsys, tmp_path):
     assert rc == 1 and "no such file" in err
     rc, _, err = _run(capsys, "cache", "import", str(tmp_path))
     assert rc == 1 and "is a directory, not a cache file" in err
+    if Path("/dev/null").exists():
+        rc, _, err = _run(capsys, "cache", "import", "/dev/null")
+        assert rc == 1 and "not a regular file" in err
     assert store.cache_file().read_text() == before and bad.exists()
 
 

@@ -134,7 +134,7 @@ def test_coordinates_past_int32_are_a_clear_error(coords, shape):
 def test_output_grids_past_int32_are_a_clear_error():
     x = warpsparse.SparseTensor(torch.randn(2, 1), torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0]]), (2, 1, 1), 1)
     with pytest.raises(ValueError, match="coordinates are stored as int32"):
-        wnn.SparseConvTranspose3d(1, 1, 1, stride=(2**31, 1, 1), **EXPLICIT)(x)
+        wnn.SparseConvTranspose3d(1, 1, 1, stride=(2**31 - 1, 1, 1), **EXPLICIT)(x)
 
 
 @pytest.mark.parametrize("make", [
@@ -186,6 +186,15 @@ def test_unsupported_kernel_sizes(kernel, error, match):
 def test_bad_geometry_arguments(name, value):
     with pytest.raises(ValueError, match=f"{name} must be >= "):
         wnn.SparseConv3d(2, 2, 3, **{name: value})
+
+
+@pytest.mark.parametrize("name, value", [("stride", 2**70), ("dilation", (1, 2**31, 1)), ("padding", [0, 0, 2**40]),
+                                         ("kernel_size", 2**31)])
+def test_geometry_arguments_past_int32(name, value):
+    """Values that int32 coordinates cannot hold are refused by name, not by an overflow deep inside torch."""
+    args = {"kernel_size": 3, name: value}
+    with pytest.raises(ValueError, match=f"{name} must be at most 2\\*\\*31 - 1 on every axis"):
+        wnn.SparseConv3d(2, 2, **args)
 
 
 def test_unknown_indice_key():

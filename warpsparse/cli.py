@@ -215,8 +215,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     source = Path(args.file)
     if source.is_dir():
         raise CliError(f"cannot import {source}: it is a directory, not a cache file")
-    if not source.is_file():
+    if not source.exists():
         raise CliError(f"cannot import {source}: no such file")
+    if not source.is_file():
+        raise CliError(f"cannot import {source}: not a regular file (a cache file written by `warpsparse cache "
+                       "export` is)")
     try:
         incoming = store.read_document(source)
     except store.CacheUnreadable as exc:

@@ -6,16 +6,20 @@ from dataclasses import dataclass
 
 import torch
 
+from warpsparse.coords.keys import MAX_EXTENT
+
 Triple = tuple[int, int, int]
 
 
 def triple(value: int | tuple[int, ...] | list[int], name: str, minimum: int = 0) -> Triple:
-    """Normalise an int or 3-sequence argument, with a clear error naming ``name``."""
-    if type(value) is int and value >= minimum:  # the common cases, checked first
+    """Normalise an int or 3-sequence argument (each value from ``minimum`` to :data:`MAX_EXTENT`), with a clear
+    error naming ``name``."""
+    if type(value) is int and minimum <= value <= MAX_EXTENT:  # the common cases, checked first
         return value, value, value
     if type(value) is tuple and len(value) == 3:
         a, b, c = value
-        if type(a) is int and type(b) is int and type(c) is int and min(a, b, c) >= minimum:
+        if type(a) is int and type(b) is int and type(c) is int and min(a, b, c) >= minimum \
+                and max(a, b, c) <= MAX_EXTENT:
             return value  # type: ignore[return-value]
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int or a tuple of 3 ints, got {value!r}")
@@ -28,6 +32,8 @@ def triple(value: int | tuple[int, ...] | list[int], name: str, minimum: int = 0
         raise TypeError(f"{name} must be an int or a tuple of 3 ints, got {value!r}")
     if any(v < minimum for v in out):
         raise ValueError(f"{name} must be >= {minimum} on every axis, got {out}")
+    if any(v > MAX_EXTENT for v in out):
+        raise ValueError(f"{name} must be at most 2**31 - 1 on every axis (coordinates are int32), got {out}")
     return out  # type: ignore[return-value]
 
 

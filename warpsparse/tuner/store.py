@@ -84,9 +84,10 @@ def read_document(path: Path) -> CacheDocument:
                               f"{first['msg']})") from None
 
 
-def file_lock(path: Path) -> FileLock:
-    """The inter-process lock guarding ``path`` (times out after ``LOCK_TIMEOUT_S``)."""
-    return FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
+def file_lock(path: Path, timeout: float | None = None) -> FileLock:
+    """The inter-process lock guarding ``path`` (acquiring it times out after ``timeout`` seconds, by default
+    ``LOCK_TIMEOUT_S``)."""
+    return FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S if timeout is None else timeout)
 
 
 def _aside(path: Path) -> Path:
@@ -166,15 +167,16 @@ def write_document(path: Path, doc: CacheDocument) -> None:
         raise
 
 
-def update_document(path: Path, change: Callable[[CacheDocument], CacheDocument]) -> CacheDocument:
+def update_document(path: Path, change: Callable[[CacheDocument], CacheDocument],
+                    timeout: float | None = None) -> CacheDocument:
     """Read, change and rewrite ``path`` under its file lock; the document written.
 
     Raises ``OSError`` when the directory cannot be written, :class:`filelock.Timeout` when another process
-    holds the lock for longer than ``LOCK_TIMEOUT_S``, and :class:`CacheFromNewerVersion` (leaving the file
+    holds the lock for longer than ``timeout`` seconds (default ``LOCK_TIMEOUT_S``), and :class:`CacheFromNewerVersion` (leaving the file
     unchanged) when a newer warpsparse wrote it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path):
+    with file_lock(path, timeout):
         doc = change(_read_or_quarantine(path))
         write_document(path, doc)
     return doc
@@ -253,8 +255,12 @@ class TuningStore:
         _writer.wake()
 
     def flush(self) -> bool:
-        """Merge the pending results into the file; ``False`` (after one warning) if that failed."""
-        with self._flushing:
+        """Merge the pending results into the file within ``LOCK_TIMEOUT_S`` in all (a flush already under way in
+        another thread included); ``False`` (after one warning) if that failed."""
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        if not self._flushing.acquire(timeout=LOCK_TIMEOUT_S):
+            return self._lock_timed_out()
+        try:
             with self._mutex:
                 snapshot = {key: dict(results) for key, results in self._pending.items()}
             if not snapshot:
@@ -262,14 +268,13 @@ class TuningStore:
             now = datetime.now(timezone.utc)
             try:
                 doc = update_document(self.path, lambda d: merge(
-                    d, ((key, results.values(), now) for key, results in snapshot.items())))
+                    d, ((key, results.values(), now) for key, results in snapshot.items())),
+                    max(0.0, deadline - time.monotonic()))
             except CacheFromNewerVersion as exc:
                 _warn_newer(self.path, exc)
                 return False
             except Timeout:
-                _warn_once(f"lock:{self.path}", f"could not lock warpsparse tuning cache {self.path} within "
-                                                f"{LOCK_TIMEOUT_S:g} s; keeping results in memory and retrying later")
-                return False
+                return self._lock_timed_out()
             except OSError as exc:
                 _warn_once(f"write:{self.path}", f"cannot write warpsparse tuning cache {self.path} ({exc}); "
                                                  "tuning results stay in memory for this process")
@@ -284,6 +289,14 @@ class TuningStore:
                 self._install(_index(doc))
             log.debug("saved %d tuned signatures to %s", len(snapshot), self.path)
             return True
+        finally:
+            self._flushing.release()
+
+    def _lock_timed_out(self) -> bool:
+        _warn_once(f"lock:{self.path}", f"could not lock warpsparse tuning cache {self.path} within "
+                                        f"{LOCK_TIMEOUT_S:g} s; keeping results in memory for the next save (at exit they "
+                                        "are dropped)")
+        return False
 
 
 _stores: dict[Path, TuningStore] = {}
