@@ -32,7 +32,7 @@ from warpsparse.coords.kernel_map import KernelMap
 from warpsparse.tuner.modes import REFERENCE
 from warpsparse.tuner.store import TuningStore
 from warpsparse.tuner.timing import median, output_error, poison, snapshot, time_round_robin, tolerance, unchanged
-from warpsparse.triton_launch import precompiling
+from warpsparse.triton_compile import precompiling
 
 log = logging.getLogger("warpsparse.tuner")
 
