@@ -79,6 +79,25 @@ def test_gradcheck_depthwise(stride):
                x.features.detach().requires_grad_(), _param(9, 3))
 
 
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_double_backward_is_a_clear_error(depthwise):
+    """A gradient through a sparse conv taken with ``create_graph=True`` (a gradient penalty) cannot be
+    differentiated again: an error, not a silently zero second derivative."""
+    x = _small(3)
+    weight = _param(27, 3) if depthwise else _param(27, 3, 3)
+    features = x.features.detach().requires_grad_()
+
+    def conv() -> torch.Tensor:
+        if depthwise:
+            return sparse_depthwise_conv3d(x.replace(features), weight, None, 3, 1, **EXPLICIT_DW).features
+        return subm_conv3d(x.replace(features), weight, None, 3, **EXPLICIT).features
+
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(conv().sum(), features, create_graph=True)
+    grad, = torch.autograd.grad(conv().sum(), features)  # first order still works
+    assert grad.shape == features.shape
+
+
 @pytest.mark.parametrize("fn", [sparse_max_pool3d, sparse_avg_pool3d], ids=["max", "avg"])
 def test_gradcheck_window_pool(fn):
     x = _small(3, num=20)

@@ -167,3 +167,26 @@ def test_max_pool_window_of_minus_infinity():
     assert bool((out.features[:, 0] == float("-inf")).all())
     out.features[:, 0].sum().backward()
     assert float(feats.grad[:, 0].sum()) == out.num_points and bool((feats.grad[:, 1] == 0).all())
+
+
+def test_half_averages_sum_in_float32():
+    """Means of half features that overflow when summed in half (8 x 10000 > 65504) stay exact."""
+    sites = torch.tensor([[0, i // 4, i // 2 % 2, i % 2] for i in range(8)], dtype=torch.int32)
+    for dtype in (torch.float16, torch.bfloat16):
+        x = warpsparse.SparseTensor(torch.full((8, 2), 10000.0, dtype=dtype), sites, (2, 2, 2), 1)
+        for out in (SparseAvgPool3d(2)(x).features, SparseGlobalAvgPool()(x)):
+            assert out.dtype == dtype and torch.equal(out, torch.full((1, 2), 10000.0, dtype=dtype))
+    points = torch.cat([torch.rand(40, 3) * 0.05, torch.full((40, 1), 2000.0)], 1).half()
+    assert warpsparse.voxelize(points, 0.1).features.tolist() == [[2000.0]]
+
+
+def test_average_pool_trains_after_an_inference_pass():
+    """A map cached on the sites by a pass under ``torch.inference_mode`` serves a later pass with gradients."""
+    x = random_input(40, 3).tensor()
+    pool = SparseAvgPool3d(2)
+    with torch.inference_mode():
+        expected = pool(x).features.clone()
+    features = x.features.detach().clone().requires_grad_()
+    out = pool(x.replace(features)).features
+    out.sum().backward()
+    assert torch.equal(out.detach(), expected) and features.grad is not None

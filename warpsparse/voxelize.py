@@ -7,7 +7,7 @@ import torch
 
 from warpsparse.coords.coord_set import CoordSet
 from warpsparse.coords.keys import MAX_EXTENT, key_radix, pack, unpack
-from warpsparse.sparse_tensor import SparseTensor, first_row
+from warpsparse.sparse_tensor import SparseTensor, first_row, widened
 
 REDUCTIONS = ("mean", "sum", "max", "min")
 
@@ -70,7 +70,9 @@ def voxelize(points: torch.Tensor, voxel_size: float | Sequence[float], *, batch
     uniq, inverse = torch.unique(pack(coords, radix), return_inverse=True)
     index = inverse[:, None].expand(-1, feats.shape[1])
     red = "amax" if reduce == "max" else "amin" if reduce == "min" else reduce
-    out = feats.new_zeros(uniq.numel(), feats.shape[1]).scatter_reduce(0, index, feats, red, include_self=False)
+    wide = widened(feats) if reduce in ("mean", "sum") else feats
+    out = wide.new_zeros(uniq.numel(), feats.shape[1]).scatter_reduce(0, index, wide, red, include_self=False)
+    out = out.to(feats.dtype)
     sites = CoordSet(unpack(uniq, radix), shape, hi[0] + 1)  # unique and in range by construction
     return SparseTensor.from_coord_set(out, sites, {})
 

@@ -5,7 +5,6 @@ import contextlib
 from typing import Any
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from warpsparse.algorithms.base import Op, epilogue
 from warpsparse.coords.kernel_map import KernelMap
@@ -49,9 +48,17 @@ class SparseConvFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         features, weight, out = ctx.saved_tensors
+        if torch.is_grad_enabled() and (grad_out.requires_grad or features.requires_grad or weight.requires_grad):
+            raise RuntimeError("warpsparse convolutions have no double backward: a gradient through a sparse conv "
+                               "cannot itself be differentiated (create_graph=True, e.g. a gradient penalty)")
+        with torch.no_grad():
+            return SparseConvFunction._gradients(ctx, grad_out, features, weight, out)
+
+    @staticmethod
+    def _gradients(ctx: Any, grad_out: torch.Tensor, features: torch.Tensor, weight: torch.Tensor,
+                   out: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         _, dgrad, wgrad = ctx.ops
         grad_out = grad_out.to(features.dtype)
         if out is not None:  # through the fused ReLU

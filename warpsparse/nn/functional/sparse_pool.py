@@ -9,7 +9,7 @@ from torch.autograd.function import once_differentiable
 from warpsparse.algorithms.triton.common import SUPPORTED_DTYPES
 from warpsparse.coords.geometry import ConvGeometry, Triple, triple
 from warpsparse.nn.functional.kernel_maps import conv_map
-from warpsparse.sparse_tensor import SparseTensor
+from warpsparse.sparse_tensor import SparseTensor, widened
 
 __all__ = ["sparse_max_pool3d", "sparse_avg_pool3d", "global_max_pool", "global_avg_pool"]
 
@@ -67,10 +67,13 @@ def _pool(x: SparseTensor, kernel_size: int | Triple, stride: int | Triple | Non
     if reduce == "max":
         out = _MaxPool.apply(feats, kmap.nbr)
     else:
-        pairs = kmap.pairs
-        count = torch.bincount(pairs.out_idx, minlength=kmap.num_out).clamp(min=1)
-        summed = feats.new_zeros(kmap.num_out, x.num_channels).index_add(0, pairs.out_idx, feats[pairs.in_idx])
-        out = summed / count.unsqueeze(1).to(feats.dtype)
+        in_idx, out_idx = kmap.pairs.in_idx, kmap.pairs.out_idx
+        if in_idx.is_inference() and not torch.is_inference_mode_enabled():  # a map cached by an inference pass:
+            in_idx, out_idx = in_idx.clone(), out_idx.clone()  # autograd cannot save inference tensors
+        count = torch.bincount(out_idx, minlength=kmap.num_out).clamp(min=1)
+        wide = widened(feats)
+        summed = wide.new_zeros(kmap.num_out, x.num_channels).index_add(0, out_idx, wide[in_idx])
+        out = (summed / count.unsqueeze(1).to(wide.dtype)).to(feats.dtype)
     return SparseTensor.from_coord_set(out, dst, x.indice_store)
 
 
@@ -91,8 +94,9 @@ def _global(x: SparseTensor, reduce: str) -> torch.Tensor:
     if not isinstance(x, SparseTensor):
         raise TypeError(f"input must be a warpsparse.SparseTensor, got {type(x).__name__}")
     index = x.coords[:, 0].long()[:, None].expand(-1, x.num_channels)
-    out = x.features.new_zeros(x.batch_size, x.num_channels)
-    return out.scatter_reduce(0, index, x.features, reduce, include_self=False)
+    feats = widened(x.features) if reduce == "mean" else x.features
+    out = feats.new_zeros(x.batch_size, x.num_channels)
+    return out.scatter_reduce(0, index, feats, reduce, include_self=False).to(x.features.dtype)
 
 
 def global_max_pool(x: SparseTensor) -> torch.Tensor:
