@@ -360,6 +360,38 @@ def test_epilogue_arguments_are_checked():
         wnn.SubMConv3d(3, 4, 3, relu="yes")
 
 
+def test_dispatch_checks_its_operands():
+    """``dispatch`` is public: operands that do not fit the op and the map are named, before any algorithm runs."""
+    from warpsparse.algorithms.base import Op
+    from warpsparse.tuner import dispatch
+    x = _x(3)
+    kmap = wnn.SubMConv3d(3, 4, 3, indice_key="k", **EXPLICIT)(x).indice_store["k"].kmap
+    n = x.num_points
+    feats, weight, grad = x.features, torch.randn(27, 3, 4), torch.randn(n, 4)
+    cases = [
+        (("conv", feats, weight, kmap), TypeError, "op must be a warpsparse Op"),
+        ((Op.CONV_FWD, feats, weight, None), TypeError, "must be a warpsparse KernelMap, got NoneType"),
+        ((Op.CONV_FWD, feats[:-1], weight, kmap), ValueError, rf"conv_fwd: features must be \[{n}, C\]"),
+        ((Op.CONV_FWD, feats[:, 0], weight, kmap), ValueError, r"conv_fwd: features must be"),
+        ((Op.CONV_FWD, feats, weight[:9], kmap), ValueError, r"weight must be \[27, 3, C_out\]"),
+        ((Op.CONV_FWD, feats, weight.double(), kmap), ValueError, "must share a dtype and a device"),
+        ((Op.CONV_FWD, feats.int(), weight.int(), kmap), TypeError, "features must be a dense floating-point"),
+        ((Op.CONV_DGRAD, grad, torch.randn(27, 3, 5), kmap), ValueError, r"weight must be \[27, C_in, 4\]"),
+        ((Op.CONV_WGRAD, feats, grad[:-1], kmap), ValueError, rf"grad_out must be \[{n}, C_out\]"),
+        ((Op.DW_FWD, feats, torch.randn(27, 4), kmap), ValueError, r"weight must be \[27, 3\]"),
+        ((Op.DW_WGRAD, feats, grad, kmap), ValueError, rf"grad_out must be \[{n}, 3\]"),
+    ]
+    for args, error, match in cases:
+        with pytest.raises(error, match=match):
+            dispatch(*args, "explicit" if args[0] in (Op.DW_FWD, Op.DW_WGRAD) else "explicit_gemm")
+    out = dispatch(Op.CONV_FWD, feats, weight, kmap, "explicit_gemm")
+    assert out.shape == (n, 4)
+    with pytest.raises(TypeError, match="relu must be a bool, got 'no'"):
+        subm_conv3d(x, weight, None, 3, relu="no", **EXPLICIT)
+    with pytest.raises(TypeError, match="weight must be a dense floating-point tensor"):
+        subm_conv3d(x, weight.to_sparse(), None, 3, **EXPLICIT)
+
+
 @pytest.mark.parametrize("call", [
     lambda t: global_max_pool(t), lambda t: global_avg_pool(t), lambda t: wnn.ToDense()(t),
     lambda t: subm_conv3d(_x(1), [[1.0]], None, 3, **EXPLICIT),

@@ -98,6 +98,42 @@ def test_sequential_matches_manual_composition():
     assert torch.allclose(bn.running_mean, bn_copy.running_mean)
 
 
+class _Residual(torch.nn.Module):
+    """A user's block that takes SparseTensors."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = wnn.SubMConv3d(channels, channels, 3, **EXPLICIT)
+
+    def forward(self, x: warpsparse.SparseTensor) -> warpsparse.SparseTensor:
+        return x.replace(x.features + self.conv(x).features)
+
+
+class _Scale(torch.nn.Linear):
+    """A user's subclass of a torch layer: it takes features."""
+
+
+def test_sequential_routes_by_what_a_module_takes():
+    """Torch layers and their subclasses (parametrized, compiled, or a user's) get features; warpsparse modules
+    (parametrized too) and a user's own blocks get the SparseTensor; a torch Sequential inside is routed layer by
+    layer."""
+    x = random_input(50, 3).tensor()
+    conv = wnn.SubMConv3d(3, 4, 3, **EXPLICIT).double()
+    torch.nn.utils.parametrizations.weight_norm(conv, "weight", dim=2)
+    scale = _Scale(4, 4).double()
+    block = _Residual(4).double()
+    inner = torch.nn.Sequential(wnn.SubMConv3d(4, 4, 3, **EXPLICIT), torch.nn.ReLU()).double()
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.Tanh()).double()
+    compiled = torch.compile(torch.nn.Identity(), backend="eager")
+    out = wnn.SparseSequential(conv, scale, block, inner, compiled, plain)(x)
+    h = conv(x)
+    h = block(h.replace(scale(h.features)))
+    h = inner[0](h)
+    manual = plain(torch.relu(h.features))
+    assert out.coord_set is x.coord_set
+    assert_close(out.features, manual, "routed SparseSequential")
+
+
 @pytest.mark.parametrize("sparse_layer, torch_layer", [
     (lambda: wnn.BatchNorm(5), lambda: torch.nn.BatchNorm1d(5)),
     (lambda: wnn.LayerNorm(5), lambda: torch.nn.LayerNorm(5)),

@@ -289,8 +289,9 @@ def test_failing_reference_does_not_crash_the_call(monkeypatch, caplog):
     assert "reference explicit_gemm failed" in caplog.text
     reset(save=False)
     use_registry(monkeypatch, Fake("explicit_gemm", behaviour="raise"), Fake("implicit_gemm", behaviour="raise"))
+    other = random_map()
     with pytest.raises(RuntimeError, match="out of resources"):  # nothing can compute it: the real error
-        dispatch(Op.CONV_FWD, a, b, random_map())
+        dispatch(Op.CONV_FWD, *operands(Op.CONV_FWD, other), other)
 
 
 def test_named_algorithm_that_cannot_run_is_a_clear_error(monkeypatch):

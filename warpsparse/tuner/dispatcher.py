@@ -48,26 +48,66 @@ def dispatch(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, algo: Al
              bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
     """Run ``op(a, b, kmap)`` with the fastest correct algorithm allowed by ``algo``.
 
-    ``algo``: an algorithm name or mode enum, a list of them, ``"auto"``, or ``None`` (the environment
-    variable for ``op``, default auto). The first call of a signature tunes; later ones reuse the choice.
-    ``bias`` [C_out] (``a``'s dtype and device) and ``relu``: the epilogue of a forward op (tuning ignores it).
+    ``a`` and ``b`` as :class:`Op` lists them (one dtype and device). ``algo``: an algorithm name or mode enum,
+    a list of them, ``"auto"``, or ``None`` (the environment variable for ``op``, default auto). The first call
+    of a signature tunes; later ones reuse the choice. ``bias`` [C_out] (``a``'s dtype and device) and
+    ``relu``: the epilogue of a forward op (tuning ignores it). Bad operands are a ``TypeError``/``ValueError``.
     """
-    fused = bias is not None or relu
-    if fused:
-        _check_epilogue(op, a, b, bias)
+    _check_operands(op, a, b, kmap)
+    if bias is not None or relu:
+        _check_epilogue(op, a, b, bias, relu)
+    return dispatch_unchecked(op, a, b, kmap, algo, bias, relu)
+
+
+def dispatch_unchecked(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, algo: AlgoSpec = None,
+                       bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+    """:func:`dispatch` for callers that checked the operands and epilogue themselves (``conv_features``)."""
     slot = (hot_key(op, a, b, kmap), mode_for(op, algo))
     choice = _table.get(slot)
     if choice is None:
         choice = _decide(op, a, b, kmap, slot, algo)
-    if fused:
+    if bias is not None or relu:
         return choice[0].run(op, choice[1], a, b, kmap, bias, relu)
     return choice[0].run(op, choice[1], a, b, kmap)  # algorithms written before the epilogue keep working
 
 
-def _check_epilogue(op: Op, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> None:
+def _check_operands(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> None:
+    """``TypeError``/``ValueError`` unless ``a`` and ``b`` are what :class:`Op` lists for ``op`` on ``kmap``."""
+    if not isinstance(op, Op):
+        raise TypeError(f"op must be a warpsparse Op ({', '.join(o.name for o in Op)}), got {op!r}")
+    if not isinstance(kmap, KernelMap):
+        raise TypeError(f"the kernel map must be a warpsparse KernelMap, got {type(kmap).__name__}")
+    dgrad, wgrad = op in (Op.CONV_DGRAD, Op.DW_DGRAD), op in (Op.CONV_WGRAD, Op.DW_WGRAD)
+    a_name, b_name = "grad_out" if dgrad else "features", "grad_out" if wgrad else "weight"
+    for name, t in ((a_name, a), (b_name, b)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.layout != torch.strided:
+            got = f"{t.dtype} {t.layout}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise TypeError(f"{op.value}: {name} must be a dense floating-point tensor, got {got}")
+    if a.dtype != b.dtype or a.device != b.device:
+        raise ValueError(f"{op.value}: {a_name} ({a.dtype} on {a.device}) and {b_name} ({b.dtype} on {b.device}) "
+                         "must share a dtype and a device")
+    rows, c = (kmap.num_out if dgrad else kmap.num_in), (a.shape[-1] if a.dim() == 2 else None)
+    if a.dim() != 2 or a.shape[0] != rows:
+        raise ValueError(f"{op.value}: {a_name} must be [{rows}, C] for this map, got {tuple(a.shape)}")
+    k = kmap.kernel_volume
+    if wgrad:
+        want = f"[{kmap.num_out}, {c if op.depthwise else 'C_out'}]"
+        ok = b.dim() == 2 and b.shape[0] == kmap.num_out and (not op.depthwise or b.shape[1] == c)
+    elif op.depthwise:
+        want, ok = f"[{k}, {c}]", b.shape == (k, c)
+    else:
+        want = f"[{k}, C_in, {c}]" if dgrad else f"[{k}, {c}, C_out]"
+        ok = b.dim() == 3 and b.shape[0] == k and b.shape[2 if dgrad else 1] == c
+    if not ok:
+        raise ValueError(f"{op.value}: {b_name} must be {want} for this map and {a_name}, got {tuple(b.shape)}")
+
+
+def _check_epilogue(op: Op, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, relu: bool) -> None:
     """``ValueError`` unless ``op`` is a forward op and ``bias`` (if any) is [C_out] of ``a``'s dtype and device."""
     if not op.is_forward:
         raise ValueError(f"bias and relu are the epilogue of a forward op; {op.value} takes neither")
+    if not isinstance(relu, bool):
+        raise TypeError(f"relu must be a bool, got {relu!r}")
     c_out = b.shape[-1]
     if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (c_out,)
                              or bias.dtype != a.dtype or bias.device != a.device):

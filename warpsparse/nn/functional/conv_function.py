@@ -8,7 +8,8 @@ import torch
 
 from warpsparse.algorithms.base import Op, epilogue
 from warpsparse.coords.kernel_map import KernelMap
-from warpsparse.tuner import AlgoSpec, dispatch
+from warpsparse.tuner import AlgoSpec
+from warpsparse.tuner.dispatcher import dispatch_unchecked
 from warpsparse.tuner.modes import mode_for
 
 CONV_TRIPLE = (Op.CONV_FWD, Op.CONV_DGRAD, Op.CONV_WGRAD)
@@ -33,7 +34,7 @@ def run_op(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, algo: Algo
     the epilogue) without dispatching."""
     if kmap.num_in == 0 or kmap.num_out == 0:
         return epilogue(a.new_zeros(_result_shape(op, a, b, kmap)), bias, relu)
-    return dispatch(op, a.contiguous(), b.contiguous(), kmap, algo, bias, relu)
+    return dispatch_unchecked(op, a.contiguous(), b.contiguous(), kmap, algo, bias, relu)
 
 
 class SparseConvFunction(torch.autograd.Function):
@@ -84,8 +85,10 @@ def conv_features(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
     for name, tensor in (("features", features), ("weight", weight)):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if not features.is_floating_point():
-        raise TypeError(f"features must be floating point, got {features.dtype}")
+        if not tensor.is_floating_point() or tensor.layout != torch.strided:
+            raise TypeError(f"{name} must be a dense floating-point tensor, got {tensor.dtype} {tensor.layout}")
+    if not isinstance(relu, bool):
+        raise TypeError(f"relu must be a bool, got {relu!r}")
     if features.dim() != 2:
         raise ValueError(f"features must have shape [N_in, C_in], got {tuple(features.shape)}")
     expected = 2 if depthwise else 3

@@ -70,10 +70,12 @@ def inverse_map(x: SparseTensor, indice_key: str, kernel_size: tuple[int, int, i
     """The reverse of the map stored under ``indice_key``: back from its output sites to its input sites."""
     entry = x.indice_store.get(indice_key)
     if entry is None:
-        raise ValueError(f"unknown indice_key {indice_key!r}; stored keys: {sorted(x.indice_store)}")
+        raise ValueError(f"unknown indice_key {indice_key!r}; stored keys: {sorted(x.indice_store)} (keys pass from "
+                         "a SparseTensor to the outputs of its layers; a SparseTensor built anew starts without any)")
     if entry.dst is not x.coord_set:
-        raise ValueError(f"indice_key {indice_key!r} maps to {entry.dst.num_points} sites, but this input has "
-                         f"{x.num_points} other sites; an inverse conv takes the output of the conv stored there")
+        raise ValueError(f"indice_key {indice_key!r} maps to {entry.dst.num_points} sites, but this input lies on "
+                         f"another site set ({x.num_points} sites); an inverse conv takes the output of the conv "
+                         "stored there (or a tensor on its sites)")
     if entry.geom.kernel_size != kernel_size:
         raise ValueError(f"kernel_size {kernel_size} differs from the {entry.geom.kernel_size} of the conv stored "
                          f"under indice_key {indice_key!r}")

@@ -50,16 +50,38 @@ class Linear(_Featurewise, nn.Linear):
     """Per-site linear layer on a SparseTensor's features."""
 
 
+def takes_features(module: nn.Module) -> bool:
+    """Whether :class:`SparseSequential` hands ``module`` a SparseTensor's features rather than the SparseTensor:
+    a torch layer (or a subclass of one, parametrized or compiled), but no warpsparse module and no other module
+    (a user's block that takes SparseTensors)."""
+    mro = type(getattr(module, "_orig_mod", module)).__mro__  # _orig_mod: what torch.compile wraps
+    if any(cls.__module__.startswith("warpsparse.") for cls in mro):
+        return False
+    if isinstance(module, nn.Sequential):
+        return all(takes_features(child) for child in module)
+    return any(cls.__module__.startswith("torch.nn.") and cls is not nn.Module for cls in mro)
+
+
 class SparseSequential(nn.Sequential):
-    """Sequential that passes SparseTensors along; plain torch layers get the features of a SparseTensor."""
+    """Sequential that passes SparseTensors along. Torch layers (``nn.Linear``, ``nn.ReLU``, ... and their
+    subclasses) get the features of a SparseTensor, every other module the SparseTensor; a ``nn.Sequential``
+    inside is routed the same way, layer by layer."""
 
     def forward(self, x: Any) -> Any:
-        for module in self:
-            if isinstance(x, SparseTensor) and type(module).__module__.startswith("torch.nn"):
-                x = x.replace(module(x.features))
-            else:
-                x = module(x)
-        return x
+        return _route(self, x)
+
+
+def _route(layers: nn.Sequential, x: Any) -> Any:
+    for module in layers:
+        if not isinstance(x, SparseTensor):
+            x = module(x)
+        elif takes_features(module):
+            x = x.replace(module(x.features))
+        elif isinstance(module, nn.Sequential) and not isinstance(module, SparseSequential):
+            x = _route(module, x)
+        else:
+            x = module(x)
+    return x
 
 
 class ToDense(nn.Module):
