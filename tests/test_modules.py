@@ -41,10 +41,18 @@ def test_parameter_shapes_and_init():
     assert dw.weight.shape == (27, 7) and dw.bias.shape == (7,)
     assert "kernel_size=(3, 1, 2)" in repr(m)
     state = m.state_dict()
-    assert set(state) == {"weight", "bias"}
+    assert set(state) == {"weight", "bias", "_extra_state"} and state["_extra_state"] == {"kernel_size": [3, 1, 2]}
     m2 = wnn.SparseConv3d(3, 5, (3, 1, 2))
     m2.load_state_dict(state)
     assert torch.equal(m2.weight, m.weight)
+    with pytest.raises(ValueError, match=r"weights of a kernel of size \(3, 1, 2\), this module's kernel size is "
+                                         r"\(1, 2, 3\)"):
+        wnn.SparseConv3d(3, 5, (1, 2, 3)).load_state_dict(state)  # same weight shape, another kernel
+    del state["_extra_state"]  # a checkpoint saved before the kernel size was: loads, checked by shape only
+    wnn.SparseConv3d(3, 5, (3, 1, 2)).load_state_dict(state)
+    m.weight = torch.nn.Parameter(torch.randn(6, 3, 7))
+    with pytest.raises(ValueError, match=r"a weight of shape \(6, 3, 7\) was assigned to a module of 5 output"):
+        m(random_input(20, 3).tensor().to(torch.float32))
 
 
 def test_subm_indice_key_reuses_one_map(map_builds):

@@ -67,6 +67,22 @@ def test_replace_shares_sites_and_key_store():
         x.replace(torch.ones(x.num_points, 3, dtype=torch.int64))
 
 
+def test_assigned_features_are_checked_and_spconv_names_work():
+    """``x.features = ...`` (spconv 1 style) is checked like ``replace``; ``replace_feature`` and ``indices`` are
+    spconv 2's names for ``replace`` and ``coords``."""
+    x = _tensor()
+    new = torch.randn(x.num_points, 2, dtype=torch.float64)
+    x.features = new
+    assert x.features is new and x.num_channels == 2 and x.indices is x.coords
+    for bad, error in ((torch.randn(x.num_points + 1, 2, dtype=torch.float64), ValueError),
+                       (torch.ones(x.num_points, 2, dtype=torch.int64), TypeError)):
+        with pytest.raises(error):
+            x.features = bad
+    assert x.features is new
+    y = x.replace_feature(new * 2)
+    assert y.coord_set is x.coord_set and torch.equal(y.features, new * 2)
+
+
 def test_to_dtype_and_device():
     x = _tensor()
     y = x.to(torch.float32)
@@ -122,6 +138,23 @@ def test_voxelize(reduce, num_features, with_batch, origin, size):
     assert x.spatial_shape == tuple(int(v) + 1 for v in c[:, 1:].max(dim=0).values)
     assert x.batch_size == int(c[:, 0].max()) + 1
     assert (c >= 0).all()
+
+
+def test_voxelize_with_a_fixed_batch_size_and_grid():
+    """Batch items without points and a grid of a fixed size are kept; points outside them are named."""
+    points = torch.rand(10, 4)
+    batch = torch.tensor([0] * 5 + [1] * 5)
+    x = warpsparse.voxelize(points, 0.1, batch=batch, batch_size=4, spatial_shape=(12, 11, 10))
+    auto = warpsparse.voxelize(points, 0.1, batch=batch)
+    assert x.batch_size == 4 and x.spatial_shape == (12, 11, 10) and auto.batch_size == 2
+    assert torch.equal(x.coords, auto.coords) and torch.equal(x.features, auto.features)
+    assert x.dense().shape == (4, 1, 12, 11, 10)
+    with pytest.raises(ValueError, match="batch_size 1: the batch indices go up to 1"):
+        warpsparse.voxelize(points, 0.1, batch=batch, batch_size=1)
+    with pytest.raises(ValueError, match=r"outside spatial_shape \(2, 2, 2\)"):
+        warpsparse.voxelize(points, 0.1, spatial_shape=(2, 2, 2))
+    empty = warpsparse.voxelize(points[:0], 0.1, batch_size=3, spatial_shape=(4, 4, 4))
+    assert empty.num_points == 0 and empty.batch_size == 3 and empty.spatial_shape == (4, 4, 4)
 
 
 def test_voxelize_result_is_a_valid_tensor():

@@ -51,7 +51,8 @@ def first_row(bad: torch.Tensor) -> int | None:
     return int(rows[0]) if rows.numel() else None
 
 
-def _shape_arg(spatial_shape: Sequence[int] | None) -> tuple[int, int, int] | None:
+def shape_arg(spatial_shape: Sequence[int] | None) -> tuple[int, int, int] | None:
+    """A ``spatial_shape`` argument as 3 ints (``None`` stays ``None``); a clear error otherwise."""
     if spatial_shape is None:
         return None
     try:
@@ -65,7 +66,8 @@ def _shape_arg(spatial_shape: Sequence[int] | None) -> tuple[int, int, int] | No
     return shape  # type: ignore[return-value]
 
 
-def _batch_arg(batch_size: int | None) -> int | None:
+def batch_arg(batch_size: int | None) -> int | None:
+    """A ``batch_size`` argument as an int (``None`` stays ``None``); a clear error otherwise."""
     if batch_size is None:
         return None
     try:
@@ -92,7 +94,7 @@ def _validate_sites(coords: torch.Tensor, spatial_shape: Sequence[int] | None, b
                     device: torch.device) -> CoordSet:
     """The checked site set of ``coords`` on ``device`` (range, uniqueness), with the default shape and batch
     size filled in: one host read when both are given, two when one is inferred from the coordinates."""
-    shape, batches = _shape_arg(spatial_shape), _batch_arg(batch_size)
+    shape, batches = shape_arg(spatial_shape), batch_arg(batch_size)
     sites = coords.to(device=device, dtype=torch.int32).contiguous()
     if coords.shape[0] == 0:
         if shape is None or batches is None:
@@ -142,9 +144,18 @@ class SparseTensor:
         self._init(features, _validate_sites(coords, spatial_shape, batch_size, features.device), {})
 
     def _init(self, features: torch.Tensor, coord_set: CoordSet, indice_store: dict[str, Any]) -> None:
-        self.features = features
+        self._features = features
         self.coord_set = coord_set
         self.indice_store = indice_store
+
+    @property
+    def features(self) -> torch.Tensor:
+        """The features [N, C]; assigning new ones checks them as :meth:`replace` does."""
+        return self._features
+
+    @features.setter
+    def features(self, features: torch.Tensor) -> None:
+        self._features = self._checked_replacement(features)
 
     @classmethod
     def from_coord_set(cls, features: torch.Tensor, coord_set: CoordSet,
@@ -156,6 +167,11 @@ class SparseTensor:
 
     @property
     def coords(self) -> torch.Tensor:
+        return self.coord_set.coords
+
+    @property
+    def indices(self) -> torch.Tensor:
+        """spconv's name for :attr:`coords`."""
         return self.coord_set.coords
 
     @property
@@ -184,11 +200,19 @@ class SparseTensor:
 
     def replace(self, features: torch.Tensor) -> "SparseTensor":
         """Same sites (and caches), new features [N, C']."""
+        return SparseTensor.from_coord_set(self._checked_replacement(features), self.coord_set, self.indice_store)
+
+    def replace_feature(self, features: torch.Tensor) -> "SparseTensor":
+        """spconv's name for :meth:`replace`."""
+        return self.replace(features)
+
+    def _checked_replacement(self, features: torch.Tensor) -> torch.Tensor:
         _check_features(features)
-        if features.shape[0] != self.num_points or features.device != self.device:
-            raise ValueError(f"replacement features must have {self.num_points} rows on {self.device}, got "
+        n = self.coord_set.num_points
+        if features.shape[0] != n or features.device != self.device:
+            raise ValueError(f"replacement features must have {n} rows on {self.device}, got "
                              f"{tuple(features.shape)} on {features.device}")
-        return SparseTensor.from_coord_set(features, self.coord_set, self.indice_store)
+        return features
 
     def to(self, *args: Any, **kwargs: Any) -> "SparseTensor":
         """Like ``Tensor.to``; a device move copies the coordinates (and starts fresh map caches)."""

@@ -51,12 +51,33 @@ class _SparseConvBase(nn.Module):
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
 
+    def get_extra_state(self) -> dict[str, list[int]]:
+        """The kernel size, saved with the weights: [K, C_in, C_out] alone does not tell (3, 1, 3) from (1, 3, 3)."""
+        return {"kernel_size": list(self.kernel_size)}
+
+    def set_extra_state(self, state: dict[str, list[int]]) -> None:
+        saved = tuple(state.get("kernel_size", self.kernel_size)) if isinstance(state, dict) else self.kernel_size
+        if saved != self.kernel_size:
+            raise ValueError(f"{type(self).__name__}: the state dict holds the weights of a kernel of size {saved}, "
+                             f"this module's kernel size is {self.kernel_size}")
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        extra = prefix + torch.nn.modules.module._EXTRA_STATE_KEY_SUFFIX
+        if extra in missing_keys:  # saved before the kernel size was: the weights' shape is all there is to check
+            missing_keys.remove(extra)
+
     def _check(self, x: SparseTensor) -> None:
         if not isinstance(x, SparseTensor):
             raise TypeError(f"{type(self).__name__} takes a warpsparse.SparseTensor, got {type(x).__name__}")
         if x.num_channels != self.in_channels:
             raise ValueError(f"{type(self).__name__} expects {self.in_channels} input channels, got "
                              f"{x.num_channels}")
+        if self.weight.shape[-1] != self.out_channels:
+            raise ValueError(f"{type(self).__name__}: a weight of shape {tuple(self.weight.shape)} was assigned to a "
+                             f"module of {self.out_channels} output channels")
 
     def extra_repr(self) -> str:
         relu = ", relu=True" if self.relu else ""
