@@ -176,6 +176,16 @@ def test_autocast_casts_features_and_weight(layer, dtype):
     assert inp.feats.grad.dtype == m.weight.grad.dtype == m.bias.grad.dtype == torch.float32
 
 
+def test_autocast_leaves_float64_alone():
+    """As torch's own ops under autocast: float64 features and weight stay float64 (and are exact)."""
+    inp = random_input(40, 4, dtype=torch.float64)
+    m = wnn.SubMConv3d(4, 4, 3, **EXPLICIT).double()
+    expected = m(inp.tensor()).features
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(inp.tensor()).features
+    assert out.dtype == torch.float64 and torch.equal(out, expected)
+
+
 def test_float32_stays_float32():
     inp = random_input(40, 4, dtype=torch.float32)
     m = wnn.SubMConv3d(4, 4, 3, **EXPLICIT)

@@ -77,8 +77,8 @@ def conv_features(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
     """Convolve ``features`` [N_in, C_in] over ``kmap`` with ``weight`` ([K, C_in, C_out], or [K, C] depthwise),
     add ``bias`` [C_out] and, with ``relu``, apply ReLU: the bias and ReLU are the forward kernel's epilogue.
 
-    Under ``torch.autocast`` features, weight and bias are cast to the autocast dtype; otherwise the features
-    and weight dtypes must match (the bias is cast to theirs).
+    Under ``torch.autocast`` features, weight and bias are cast to the autocast dtype (float64 ones stay, as
+    with torch's ops); the features and weight dtypes must then match (the bias is cast to theirs).
     """
     if not isinstance(kmap, KernelMap):
         raise TypeError(f"the kernel map must be a warpsparse KernelMap, got {type(kmap).__name__}")
@@ -106,10 +106,10 @@ def conv_features(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
         raise ValueError(f"features are on {features.device} but the weight on {weight.device}")
     device_type = features.device.type
     autocast = torch.is_autocast_enabled(device_type)
-    if autocast:
+    if autocast:  # as torch's autocast: float64 stays float64
         dtype = torch.get_autocast_dtype(device_type)
-        features, weight = features.to(dtype), weight.to(dtype)
-    elif features.dtype != weight.dtype:
+        features, weight = (t if t.dtype == torch.float64 else t.to(dtype) for t in (features, weight))
+    if features.dtype != weight.dtype:
         raise TypeError(f"features are {features.dtype} but the weight is {weight.dtype}; cast one of them or "
                         "run under torch.autocast")
     if bias is not None and bias.device != features.device:
