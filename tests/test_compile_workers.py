@@ -7,6 +7,10 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from warpsparse import triton_compile
 
 SCRIPT = textwrap.dedent("""
     import os, sys, tempfile
@@ -18,6 +22,10 @@ SCRIPT = textwrap.dedent("""
     from warpsparse.algorithms.triton.reduction import segment_sum_kernel
 
     driver.set_active(triton_compile._TargetOnly(GPUTarget("cuda", 90, 32)))
+    noisy = tempfile.mkdtemp()  # workers whose start-up prints to stdout must still be understood
+    with open(f"{noisy}/sitecustomize.py", "w") as f:
+        f.write("print('a banner on stdout')\\n")
+    os.environ["PYTHONPATH"] = os.pathsep.join([noisy, os.environ.get("PYTHONPATH", "")])
     replies = []
     real = triton_compile._Worker.compile
     def logged(self, spec):
@@ -57,3 +65,46 @@ def test_workers_compile_into_the_disk_cache_this_process_loads():
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout[-4000:] + done.stderr[-4000:]
+
+
+class _FakeWorker:
+    """Stands in for a worker process: kernels named "bad" make it fail as a dead or garbled worker would."""
+
+    made: list["_FakeWorker"] = []
+
+    def __init__(self, target: Any) -> None:
+        self.target, self.closed, self.proc = target, False, SimpleNamespace(kill=lambda: None)
+        _FakeWorker.made.append(self)
+
+    def compile(self, spec: Any) -> str:
+        if spec.name == "bad":
+            raise ValueError("garbled reply")
+        return "ok"
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_failing_workers_are_dropped_without_hanging(monkeypatch):
+    """A worker that dies or answers garbage is dropped and its kernel left to the threads; a batch whose workers
+    all fail still ends; the next batch starts new ones; workers of another GPU target are replaced."""
+    from triton.runtime.driver import driver
+
+    _FakeWorker.made = []
+    monkeypatch.setattr(triton_compile, "_Worker", _FakeWorker)
+    target = ["sm_90"]
+    monkeypatch.setattr(driver, "_active", SimpleNamespace(get_current_target=lambda: target[0]))
+    pool = triton_compile._Workers()
+    Spec = triton_compile.Spec
+    pool.compile([Spec("m", "bad", "1"), Spec("m", "good", "2"), Spec("m", "good", "3")], 2)
+    assert pool._count == 1 and len(_FakeWorker.made) == 2 and sum(w.closed for w in _FakeWorker.made) == 1
+    pool.compile([Spec("m", "bad", "4"), Spec("m", "bad", "5"), Spec("m", "bad", "6")], 2)
+    assert pool._count == 0 and len(_FakeWorker.made) == 3
+    pool.compile([Spec("m", "good", "7")], 2)
+    assert pool._count == 2
+    target[0] = "sm_100"
+    pool.compile([Spec("m", "good", "8")], 2)
+    assert pool._count == 2 and [w.target for w in _FakeWorker.made[-2:]] == ["sm_100"] * 2
+    assert all(w.closed for w in _FakeWorker.made if w.target == "sm_90")
+    pool.close()
+    assert pool._count == 0 and all(w.closed for w in _FakeWorker.made)

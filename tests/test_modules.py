@@ -41,13 +41,17 @@ def test_parameter_shapes_and_init():
     assert dw.weight.shape == (27, 7) and dw.bias.shape == (7,)
     assert "kernel_size=(3, 1, 2)" in repr(m)
     state = m.state_dict()
-    assert set(state) == {"weight", "bias", "_extra_state"} and state["_extra_state"] == {"kernel_size": [3, 1, 2]}
+    assert set(state) == {"weight", "bias", "_extra_state"} and state["_extra_state"].tolist() == [3, 1, 2]
     m2 = wnn.SparseConv3d(3, 5, (3, 1, 2))
     m2.load_state_dict(state)
     assert torch.equal(m2.weight, m.weight)
-    with pytest.raises(ValueError, match=r"weights of a kernel of size \(3, 1, 2\), this module's kernel size is "
-                                         r"\(1, 2, 3\)"):
-        wnn.SparseConv3d(3, 5, (1, 2, 3)).load_state_dict(state)  # same weight shape, another kernel
+    other = wnn.SparseConv3d(3, 5, (1, 2, 3))  # same weight shape, another kernel
+    before = other.weight.detach().clone()
+    for strict in (True, False):
+        with pytest.raises(RuntimeError, match=r"weights of a kernel of size \(3, 1, 2\), this module's kernel "
+                                               r"size is \(1, 2, 3\)"):
+            other.load_state_dict(state, strict=strict)
+    assert torch.equal(other.weight, before), "nothing is copied from a mismatched kernel"
     del state["_extra_state"]  # a checkpoint saved before the kernel size was: loads, checked by shape only
     wnn.SparseConv3d(3, 5, (3, 1, 2)).load_state_dict(state)
     m.weight = torch.nn.Parameter(torch.randn(6, 3, 7))
@@ -112,9 +116,15 @@ class _Residual(torch.nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = wnn.SubMConv3d(channels, channels, 3, **EXPLICIT)
+        self.gain = torch.nn.Parameter(torch.ones(1))
 
     def forward(self, x: warpsparse.SparseTensor) -> warpsparse.SparseTensor:
-        return x.replace(x.features + self.conv(x).features)
+        return x.replace(x.features + self.gain * self.conv(x).features)
+
+
+class _Double(torch.nn.Module):
+    def forward(self, value: torch.Tensor) -> torch.Tensor:
+        return 2 * value
 
 
 class _Scale(torch.nn.Linear):
@@ -130,14 +140,17 @@ def test_sequential_routes_by_what_a_module_takes():
     torch.nn.utils.parametrizations.weight_norm(conv, "weight", dim=2)
     scale = _Scale(4, 4).double()
     block = _Residual(4).double()
+    torch.nn.utils.parametrize.register_parametrization(block, "gain", _Double())  # a parametrized user block
     inner = torch.nn.Sequential(wnn.SubMConv3d(4, 4, 3, **EXPLICIT), torch.nn.ReLU()).double()
+    compiled_inner = torch.compile(torch.nn.Sequential(wnn.SubMConv3d(4, 4, 3, **EXPLICIT)).double(),
+                                   backend="eager")
     plain = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.Tanh()).double()
     compiled = torch.compile(torch.nn.Identity(), backend="eager")
-    out = wnn.SparseSequential(conv, scale, block, inner, compiled, plain)(x)
+    out = wnn.SparseSequential(conv, scale, block, inner, compiled_inner, compiled, plain)(x)
     h = conv(x)
     h = block(h.replace(scale(h.features)))
-    h = inner[0](h)
-    manual = plain(torch.relu(h.features))
+    h = compiled_inner._orig_mod[0](inner[0](h).replace(torch.relu(inner[0](h).features)))
+    manual = plain(h.features)
     assert out.coord_set is x.coord_set
     assert_close(out.features, manual, "routed SparseSequential")
 

@@ -8,8 +8,9 @@ run nothing: each is queued. Leaving compiles the queue in two steps:
    compile those specializations into Triton's on-disk kernel cache, one per process at a time. Triton's
    compiler holds the GIL for much of its work, so threads of one process compile little faster than one
    thread; processes do not share it. Workers are ``python -m warpsparse.triton_compile`` (they never import
-   the caller's main script), start at the first batch, compile for this process's target without touching
-   the GPU, and exit after :data:`IDLE_S` seconds without work.
+   the caller's main script), start at the first batch that needs them, compile for this process's target
+   without touching the GPU, and exit after :data:`IDLE_S` seconds without work. A worker that fails, answers
+   garbage or takes longer than :data:`COMPILE_TIMEOUT_S` is killed and its kernels are left to step 2.
 2. On threads (Triton's async compile mode): every queued launch goes through Triton's own path, which now loads
    what the workers compiled from the disk cache, and compiles what they did not (a worker failure, or a
    cache key that differs in this process) as before.
@@ -24,6 +25,7 @@ import json
 import logging
 import os
 import queue
+import select
 import subprocess
 import sys
 import threading
@@ -39,6 +41,7 @@ log = logging.getLogger("warpsparse.compile")
 
 MAX_PROCESSES = 8  # each worker holds an imported torch (a few hundred MB of host memory)
 IDLE_S = 60.0  # workers exit after this long without a batch
+COMPILE_TIMEOUT_S = 300.0  # a worker silent for this long on one kernel is killed
 
 
 class Launch(NamedTuple):
@@ -60,8 +63,6 @@ def precompiling(workers: int) -> Iterator[None]:
     queue with ``workers`` processes (CUDA) and threads and returns once everything is compiled. Other threads
     launch as usual. The queued launches' outputs are left unwritten."""
     launches: list[Launch] = []
-    if workers >= 2:
-        _workers().start(min(workers, MAX_PROCESSES))  # they start while the launches are queued
     token = queued.set(launches)
     try:
         yield
@@ -73,10 +74,11 @@ def precompiling(workers: int) -> Iterator[None]:
 
 def compile_all(launches: list[Launch], workers: int) -> None:
     """Compile the kernels of ``launches`` (the two steps of this module's description)."""
-    if workers >= 2:
+    processes = min(workers, MAX_PROCESSES)
+    if processes >= 2:
         specs = _specializations(launches)
         if specs:
-            _workers().compile(specs, min(workers, MAX_PROCESSES))
+            _workers().compile(specs, processes)
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="warpsparse-compile") as pool, \
             AsyncCompileMode(pool, ignore_errors=True):
         for launch in launches:
@@ -94,21 +96,28 @@ class Spec(NamedTuple):
     data: str
 
 
+_capture = threading.local()  # .found: the specializations this thread collects, while it collects
+_chained: list[Any] = [None]  # the jit_cache_hook that was installed before ours
+
+
+def _collect(**info: Any) -> Any:
+    """Triton's ``jit_cache_hook``: skips and records this thread's manual warmups while it collects."""
+    found = getattr(_capture, "found", None)
+    if found is not None and info.get("is_manual_warmup"):
+        fn, data = info["fn"], info["compile"]["specialization_data"]
+        found.setdefault(data, Spec(fn.module, fn.name, data))
+        return True  # skip this compile
+    previous = _chained[0]
+    return previous(**info) if previous is not None else None
+
+
 def _specializations(launches: list[Launch]) -> list[Spec]:
     """The distinct specializations that ``launches`` would compile (those not yet compiled in this process),
     found by binding each launch in Triton with compilation skipped."""
+    if knobs.runtime.jit_cache_hook is not _collect:  # installed once; a hook set since is chained
+        _chained[0], knobs.runtime.jit_cache_hook = knobs.runtime.jit_cache_hook, _collect
     found: dict[str, Spec] = {}
-    owner = threading.get_ident()
-    previous = knobs.runtime.jit_cache_hook
-
-    def collect(**info: Any) -> Any:
-        if threading.get_ident() == owner and info.get("is_manual_warmup"):
-            fn, data = info["fn"], info["compile"]["specialization_data"]
-            found.setdefault(data, Spec(fn.module, fn.name, data))
-            return True  # skip this compile
-        return previous(**info) if previous is not None else None
-
-    knobs.runtime.jit_cache_hook = collect
+    _capture.found = found
     try:
         for launch in launches:
             try:
@@ -116,16 +125,26 @@ def _specializations(launches: list[Launch]) -> list[Spec]:
             except Exception:  # noqa: BLE001 - the thread step binds it again, and its real launch reports it
                 log.debug("binding %s failed", launch.fn, exc_info=True)
     finally:
-        knobs.runtime.jit_cache_hook = previous
+        _capture.found = None
     return list(found.values())
 
 
 class _Worker:
-    """One worker process: specializations in (one JSON line each), one reply line each out."""
+    """One worker process: specializations in on its stdin (one JSON line each), one reply line each out on a
+    pipe of its own (whatever else it prints cannot be taken for a reply)."""
 
     def __init__(self, target: Any) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "warpsparse.triton_compile"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        read, write = os.pipe()
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "warpsparse.triton_compile", str(write)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, pass_fds=(write,), text=True)
+        except BaseException:
+            os.close(read)
+            raise
+        finally:
+            os.close(write)
+        self._replies = os.fdopen(read, "r")
         self._send({"target": [target.backend, target.arch, target.warp_size]})
 
     def _send(self, obj: Any) -> None:
@@ -134,19 +153,27 @@ class _Worker:
         self.proc.stdin.flush()
 
     def compile(self, spec: Spec) -> str:
-        """``"ok"`` or the worker's error; ``OSError`` if the worker is gone."""
+        """``"ok"`` or the worker's error; raises if the worker is gone, silent too long or answers garbage."""
         self._send(spec._asdict())
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
+        ready, _, _ = select.select([self._replies], [], [], COMPILE_TIMEOUT_S)
+        line = self._replies.readline() if ready else ""
         if not line:
-            raise OSError(f"compile worker {self.proc.pid} exited with {self.proc.wait()}")
+            raise OSError(f"compile worker {self.proc.pid} " + ("exited" if ready else "timed out"))
         return str(json.loads(line))
 
     def close(self) -> None:
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()  # the worker exits at the end of its input
+        """Ask the worker to exit (an explicit message: a forked child may hold its stdin open), then reap it."""
+        with contextlib.suppress(OSError, ValueError):
+            self._send({"quit": True})
+        try:
             self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for stream in (self.proc.stdin, self._replies):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
 
 
 class _Workers:
@@ -155,39 +182,48 @@ class _Workers:
     def __init__(self) -> None:
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._count = 0
+        self._target: Any = None
         self._mutex = threading.Lock()
         self._timer: threading.Timer | None = None
         self.broken = False  # no worker could start: threads compile alone from now on
 
-    def start(self, processes: int) -> int:
-        """Start workers up to ``processes`` (they import while the caller goes on); how many there are."""
+    def _start(self, processes: int) -> int:
+        """Start workers up to ``processes`` for the current target; how many there are."""
+        stale: list[_Worker] = []
         with self._mutex:
             if self._timer is not None:
                 self._timer.cancel()
             if not self.broken:
                 try:
                     target = driver.active.get_current_target()
+                    if target != self._target:  # another GPU architecture: workers for it
+                        stale, self._target = self._take_idle(), target
                     while self._count < processes:
                         self._idle.put(_Worker(target))
                         self._count += 1
                 except Exception:  # noqa: BLE001 - no GPU target, or no processes allowed here
                     log.debug("starting compile workers failed", exc_info=True)
                     self.broken = self._count == 0
-            self._timer = threading.Timer(IDLE_S, self.close)
-            self._timer.daemon = True
-            self._timer.start()
-            return self._count
+            count = self._count
+        for worker in stale:
+            worker.close()
+        return count
 
     def compile(self, specs: list[Spec], processes: int) -> None:
         """Compile ``specs`` on up to ``processes`` workers (a worker that fails is dropped)."""
-        count = self.start(processes)
+        count = self._start(processes)
         if count == 0:
             return
-        with ThreadPoolExecutor(max_workers=count, thread_name_prefix="warpsparse-compile-feed") as pool:
-            for spec, reply in zip(specs, pool.map(self._one, specs)):
-                if reply != "ok":
-                    log.debug("compile worker: %s.%s: %s", spec.module, spec.name, reply)
-        self.start(processes)  # re-arms the idle timer from now
+        try:
+            with ThreadPoolExecutor(max_workers=count, thread_name_prefix="warpsparse-compile-feed") as pool:
+                for spec, reply in zip(specs, pool.map(self._one, specs)):
+                    if reply != "ok":
+                        log.debug("compile worker: %s.%s: %s", spec.module, spec.name, reply)
+        finally:
+            with self._mutex:
+                self._timer = threading.Timer(IDLE_S, self.close)
+                self._timer.daemon = True
+                self._timer.start()
 
     def _one(self, spec: Spec) -> str:
         while True:
@@ -195,27 +231,36 @@ class _Workers:
                 worker = self._idle.get(timeout=0.5)
                 break
             except queue.Empty:
-                if self._count == 0:  # every worker is gone: the thread step compiles it
+                if self._count <= 0:  # every worker is gone: the thread step compiles it
                     return "no compile worker left"
         try:
             reply = worker.compile(spec)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - gone, silent or garbled: drop it
             with self._mutex:
                 self._count -= 1
-            return str(exc)
+            worker.proc.kill()
+            worker.close()
+            return f"{type(exc).__name__}: {exc}"
         self._idle.put(worker)
         return reply
+
+    def _take_idle(self) -> list[_Worker]:
+        """Under the mutex: remove every idle worker from the pool (to be closed outside it)."""
+        taken = []
+        while True:
+            try:
+                taken.append(self._idle.get_nowait())
+            except queue.Empty:
+                break
+        self._count -= len(taken)
+        return taken
 
     def close(self) -> None:
         """Let every idle worker exit."""
         with self._mutex:
-            while True:
-                try:
-                    worker = self._idle.get_nowait()
-                except queue.Empty:
-                    break
-                worker.close()
-                self._count -= 1
+            idle = self._take_idle()
+        for worker in idle:
+            worker.close()
 
 
 _pool: _Workers | None = None
@@ -262,7 +307,8 @@ def _jit_function(module: str, name: str) -> Any:
 
 
 def serve(requests: IO[str], replies: IO[str]) -> None:
-    """A worker's loop: the target first, then one specialization per line, each answered ``"ok"`` or an error."""
+    """A worker's loop: the target first, then one specialization per line, each answered ``"ok"`` or an error,
+    until ``{"quit": true}`` or the end of the input."""
     from triton.backends.compiler import GPUTarget
 
     first = requests.readline()
@@ -270,7 +316,10 @@ def serve(requests: IO[str], replies: IO[str]) -> None:
         return
     driver.set_active(_TargetOnly(GPUTarget(*json.loads(first)["target"])))
     for line in requests:
-        spec = Spec(**json.loads(line))
+        request = json.loads(line)
+        if request.get("quit"):
+            return
+        spec = Spec(**request)
         try:
             _jit_function(spec.module, spec.name).preload(spec.data)
             reply = "ok"
@@ -281,6 +330,4 @@ def serve(requests: IO[str], replies: IO[str]) -> None:
 
 
 if __name__ == "__main__":
-    protocol = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)  # anything else printed goes to stderr, not into the replies
-    serve(sys.stdin, protocol)
+    serve(sys.stdin, os.fdopen(int(sys.argv[1]), "w"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,21 +52,25 @@ class _SparseConvBase(nn.Module):
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def get_extra_state(self) -> dict[str, list[int]]:
-        """The kernel size, saved with the weights: [K, C_in, C_out] alone does not tell (3, 1, 3) from (1, 3, 3)."""
-        return {"kernel_size": list(self.kernel_size)}
+    def get_extra_state(self) -> torch.Tensor:
+        """The kernel size, saved with the weights (as a tensor, like every other entry of the state dict):
+        [K, C_in, C_out] alone does not tell (3, 1, 3) from (1, 3, 3)."""
+        return torch.tensor(self.kernel_size)
 
-    def set_extra_state(self, state: dict[str, list[int]]) -> None:
-        saved = tuple(state.get("kernel_size", self.kernel_size)) if isinstance(state, dict) else self.kernel_size
-        if saved != self.kernel_size:
-            raise ValueError(f"{type(self).__name__}: the state dict holds the weights of a kernel of size {saved}, "
-                             f"this module's kernel size is {self.kernel_size}")
+    def set_extra_state(self, state: Any) -> None:
+        """Checked in :meth:`_load_from_state_dict`, before any weight is copied."""
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
                               missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
+        extra = prefix + torch.nn.modules.module._EXTRA_STATE_KEY_SUFFIX
+        saved = state_dict.get(extra)
+        if saved is not None and tuple(torch.as_tensor(saved).tolist()) != self.kernel_size:
+            error_msgs.append(f"{type(self).__name__} {prefix or '(top level)'}: the state dict holds the weights of "
+                              f"a kernel of size {tuple(torch.as_tensor(saved).tolist())}, this module's kernel "
+                              f"size is {self.kernel_size}")
+            return  # nothing copied
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        extra = prefix + torch.nn.modules.module._EXTRA_STATE_KEY_SUFFIX
         if extra in missing_keys:  # saved before the kernel size was: the weights' shape is all there is to check
             missing_keys.remove(extra)
 

@@ -54,7 +54,8 @@ def takes_features(module: nn.Module) -> bool:
     """Whether :class:`SparseSequential` hands ``module`` a SparseTensor's features rather than the SparseTensor:
     a torch layer (or a subclass of one, parametrized or compiled), but no warpsparse module and no other module
     (a user's block that takes SparseTensors)."""
-    mro = type(getattr(module, "_orig_mod", module)).__mro__  # _orig_mod: what torch.compile wraps
+    module = getattr(module, "_orig_mod", module)  # what torch.compile wraps
+    mro = [cls for cls in type(module).__mro__ if cls.__module__ != "torch.nn.utils.parametrize"]  # its own class
     if any(cls.__module__.startswith("warpsparse.") for cls in mro):
         return False
     if isinstance(module, nn.Sequential):
@@ -73,12 +74,13 @@ class SparseSequential(nn.Sequential):
 
 def _route(layers: nn.Sequential, x: Any) -> Any:
     for module in layers:
+        inner = getattr(module, "_orig_mod", module)
         if not isinstance(x, SparseTensor):
             x = module(x)
         elif takes_features(module):
             x = x.replace(module(x.features))
-        elif isinstance(module, nn.Sequential) and not isinstance(module, SparseSequential):
-            x = _route(module, x)
+        elif isinstance(inner, nn.Sequential) and not isinstance(inner, SparseSequential):
+            x = _route(inner, x)
         else:
             x = module(x)
     return x
