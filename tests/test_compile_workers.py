@@ -14,8 +14,9 @@ from warpsparse import triton_compile
 
 SCRIPT = textwrap.dedent("""
     import os, sys, tempfile
-    os.environ["TRITON_CACHE_DIR"] = cache = tempfile.mkdtemp()
     import torch
+    from triton import knobs
+    knobs.cache.dir = cache = tempfile.mkdtemp()  # set in this process only: the workers must follow it
     from triton.backends.compiler import GPUTarget
     from triton.runtime.driver import driver
     from warpsparse import triton_compile

@@ -136,9 +136,10 @@ class _Worker:
     def __init__(self, target: Any) -> None:
         read, write = os.pipe()
         try:
+            env = {**os.environ, "TRITON_CACHE_DIR": str(knobs.cache.dir)}  # this process's cache, however set
             self.proc = subprocess.Popen([sys.executable, "-m", "warpsparse.triton_compile", str(write)],
                                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL, pass_fds=(write,), text=True)
+                                         stderr=subprocess.DEVNULL, pass_fds=(write,), env=env, text=True)
         except BaseException:
             os.close(read)
             raise
