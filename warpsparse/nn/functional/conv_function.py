@@ -38,37 +38,75 @@ def run_op(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, algo: Algo
 
 
 class SparseConvFunction(torch.autograd.Function):
-    """Forward (with its bias and ReLU epilogue) and the gradients of a conv (or depthwise conv) over one map."""
+    """Forward (with its bias and ReLU epilogue) and the gradients of a conv (or depthwise conv) over one map.
+
+    A plain backward runs the tuned gradient ops. Under ``create_graph=True`` (a gradient penalty, or
+    ``torch.func.grad``) the gradients are built from differentiable pieces instead: the input gradient is the
+    forward conv over the reversed map (weight transposed), the weight gradient a :class:`WeightGradFunction`.
+    """
 
     @staticmethod
-    def forward(ctx: Any, features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kmap: KernelMap,
+    def forward(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kmap: KernelMap,
                 ops: tuple[Op, Op, Op], fwd_algo: AlgoSpec, bwd_algo: AlgoSpec, relu: bool) -> torch.Tensor:
-        out = run_op(ops[0], features, weight, kmap, fwd_algo, bias, relu)
-        ctx.save_for_backward(features, weight, out if relu else None)
+        return run_op(ops[0], features, weight, kmap, fwd_algo, bias, relu)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        features, weight, _, kmap, ops, _, bwd_algo, relu = inputs
+        ctx.save_for_backward(features, weight, output if relu else None)
         ctx.kmap, ctx.ops, ctx.bwd_algo = kmap, ops, bwd_algo
-        return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         features, weight, out = ctx.saved_tensors
-        if torch.is_grad_enabled() and (grad_out.requires_grad or features.requires_grad or weight.requires_grad):
-            raise RuntimeError("warpsparse convolutions have no double backward: a gradient through a sparse conv "
-                               "cannot itself be differentiated (create_graph=True, e.g. a gradient penalty)")
-        with torch.no_grad():
-            return SparseConvFunction._gradients(ctx, grad_out, features, weight, out)
-
-    @staticmethod
-    def _gradients(ctx: Any, grad_out: torch.Tensor, features: torch.Tensor, weight: torch.Tensor,
-                   out: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-        _, dgrad, wgrad = ctx.ops
+        kmap, ops, algo = ctx.kmap, ctx.ops, ctx.bwd_algo
         grad_out = grad_out.to(features.dtype)
         if out is not None:  # through the fused ReLU
             grad_out = grad_out.masked_fill(out <= 0, 0)
         needs = ctx.needs_input_grad
-        grad_in = run_op(dgrad, grad_out, weight, ctx.kmap, ctx.bwd_algo) if needs[0] else None
-        grad_w = run_op(wgrad, features, grad_out, ctx.kmap, ctx.bwd_algo) if needs[1] else None
+        if torch.is_grad_enabled():  # create_graph: gradients that can be differentiated again
+            grad_in = backward_conv(grad_out, weight, kmap.reversed(), ops, algo) if needs[0] else None
+            grad_w = WeightGradFunction.apply(features, grad_out, kmap, ops, algo) if needs[1] else None
+        else:
+            grad_in = run_op(ops[1], grad_out, weight, kmap, algo) if needs[0] else None
+            grad_w = run_op(ops[2], features, grad_out, kmap, algo) if needs[1] else None
         grad_b = grad_out.sum(0) if needs[2] else None  # torch accumulates half types in fp32
         return grad_in, grad_w, grad_b, None, None, None, None, None
+
+
+def backward_conv(grad: torch.Tensor, weight: torch.Tensor, reverse: KernelMap, ops: tuple[Op, Op, Op],
+                  algo: AlgoSpec) -> torch.Tensor:
+    """The input gradient as a differentiable conv: the forward op over the ``reverse`` map with each weight
+    offset transposed (a depthwise weight as it is)."""
+    weight_t = weight if ops[0].depthwise else weight.transpose(1, 2)
+    return SparseConvFunction.apply(grad, weight_t, None, reverse, ops, algo, algo, False)
+
+
+class WeightGradFunction(torch.autograd.Function):
+    """The weight gradient ``dW[k] = x[in_k]^T dy[out_k]`` as a function of ``x`` and ``dy`` (bilinear), for
+    gradients of gradients: its own gradients are convs (:func:`backward_conv` and the forward op)."""
+
+    @staticmethod
+    def forward(features: torch.Tensor, grad_out: torch.Tensor, kmap: KernelMap, ops: tuple[Op, Op, Op],
+                algo: AlgoSpec) -> torch.Tensor:
+        return run_op(ops[2], features, grad_out, kmap, algo)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        features, grad_out, kmap, ops, algo = inputs
+        ctx.save_for_backward(features, grad_out)
+        ctx.kmap, ctx.ops, ctx.algo = kmap, ops, algo
+
+    @staticmethod
+    def backward(ctx: Any, grad_w: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        features, grad_out = ctx.saved_tensors
+        kmap, ops, algo = ctx.kmap, ctx.ops, ctx.algo
+        grad_w = grad_w.to(features.dtype)
+        needs = ctx.needs_input_grad
+        d_features = backward_conv(grad_out, grad_w, kmap.reversed(), ops, algo) if needs[0] else None
+        d_grad_out = SparseConvFunction.apply(features, grad_w, None, kmap, ops, algo, algo, False) \
+            if needs[1] else None
+        return d_features, d_grad_out, None, None, None
 
 
 def conv_features(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, bias: torch.Tensor | None = None,
