@@ -101,7 +101,7 @@ def test_gradgradcheck(case):
 
 def test_torch_func_grad_equals_autograd():
     x = _small(3)
-    m = wnn.SubMConv3d(3, 2, 3, **EXPLICIT).double()
+    m = wnn.SparseSequential(wnn.SubMConv3d(3, 2, 3, **EXPLICIT), wnn.SparseMaxPool3d(2)).double()
     params = dict(m.named_parameters())
 
     def loss(p: dict, f: torch.Tensor) -> torch.Tensor:

@@ -23,36 +23,38 @@ class _MaxPool(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, feats: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
+    def forward(feats: torch.Tensor, nbr: torch.Tensor,
+                with_source: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(out, source)``: the window maxima and (if ``with_source``, else possibly ``None``) their rows."""
         if feats.is_cuda and feats.dtype in SUPPORTED_DTYPES:
             from warpsparse.algorithms.triton.pooling import max_pool_forward
-            out, source = max_pool_forward(feats, nbr, with_source=ctx.needs_input_grad[0])
-            if source is None:
-                return out
-        else:
-            idx = nbr.long()
-            present = idx >= 0
-            window = feats[idx.clamp(min=0)].masked_fill_(~present.unsqueeze(-1), float("-inf"))
-            source = idx.gather(1, window.argmax(dim=1))  # [N_out, C]
-            # a window whose present rows are all -inf may pick an empty slot: take its first present row (-1
-            # when the window is empty, which then gives 0 like the Triton kernel)
-            first = idx.gather(1, present.to(torch.uint8).argmax(dim=1, keepdim=True))
-            source = torch.where(source < 0, first, source)
-            out = feats.gather(0, source.clamp(min=0)).masked_fill_(source < 0, 0)
-        ctx.save_for_backward(source)
-        ctx.num_in = feats.shape[0]
-        return out
+            return max_pool_forward(feats, nbr, with_source=with_source)
+        idx = nbr.long()
+        present = idx >= 0
+        window = feats[idx.clamp(min=0)].masked_fill_(~present.unsqueeze(-1), float("-inf"))
+        source = idx.gather(1, window.argmax(dim=1))  # [N_out, C]
+        # a window whose present rows are all -inf may pick an empty slot: take its first present row (-1
+        # when the window is empty, which then gives 0 like the Triton kernel)
+        first = idx.gather(1, present.to(torch.uint8).argmax(dim=1, keepdim=True))
+        source = torch.where(source < 0, first, source)
+        return feats.gather(0, source.clamp(min=0)).masked_fill_(source < 0, 0), source
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+        ctx.mark_non_differentiable(*(t for t in output[1:] if t is not None))
+        ctx.save_for_backward(output[1])
+        ctx.num_in = inputs[0].shape[0]
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: Any, grad: torch.Tensor, _: Any) -> tuple[torch.Tensor, None, None]:
         source, = ctx.saved_tensors
         if source.dtype == torch.int32 and not torch.are_deterministic_algorithms_enabled():
             from warpsparse.algorithms.triton.pooling import max_pool_backward
-            return max_pool_backward(grad, source, ctx.num_in), None
+            return max_pool_backward(grad, source, ctx.num_in), None, None
         index = source.long()
         grad = grad.masked_fill(index < 0, 0)  # -1: a window without inputs
-        return grad.new_zeros(ctx.num_in, grad.shape[1]).scatter_add_(0, index.clamp(min=0), grad), None
+        return grad.new_zeros(ctx.num_in, grad.shape[1]).scatter_add_(0, index.clamp(min=0), grad), None, None
 
 
 def _pool(x: SparseTensor, kernel_size: int | Triple, stride: int | Triple | None, padding: int | Triple,
@@ -65,7 +67,8 @@ def _pool(x: SparseTensor, kernel_size: int | Triple, stride: int | Triple | Non
     kmap, dst = conv_map(x, geom, "conv")
     feats = x.features
     if reduce == "max":
-        out = _MaxPool.apply(feats, kmap.nbr)
+        with_source = torch.is_grad_enabled() and feats.requires_grad
+        out = _MaxPool.apply(feats, kmap.nbr, with_source)[0]
     else:
         in_idx, out_idx = kmap.pairs.in_idx, kmap.pairs.out_idx
         if in_idx.is_inference() and not torch.is_inference_mode_enabled():  # a map cached by an inference pass:
