@@ -1,7 +1,8 @@
 """Worker processes compile queued Triton kernels into the disk cache, and this process then only loads them.
 
-Runs a script with ``TRITON_INTERPRET`` unset (the workers compile real kernels, here for sm_90 without a GPU:
-the script makes Triton's active driver the one a worker uses, which only names the target)."""
+Runs a script with ``TRITON_INTERPRET`` unset, on CPU (the workers compile real kernels for sm_90 without a GPU:
+the script makes Triton's active driver the one a worker uses, which only names the target) and on a GPU (the
+real driver: its cache keys must be the workers', and the loaded kernels must compute)."""
 import os
 import subprocess
 import sys
@@ -9,6 +10,9 @@ import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+import pytest
+import torch
 
 from warpsparse import triton_compile
 
@@ -22,7 +26,9 @@ SCRIPT = textwrap.dedent("""
     from warpsparse import triton_compile
     from warpsparse.algorithms.triton.reduction import segment_sum_kernel
 
-    driver.set_active(triton_compile._TargetOnly(GPUTarget("cuda", 90, 32)))
+    device = sys.argv[1]
+    if device == "cpu":
+        driver.set_active(triton_compile._TargetOnly(GPUTarget("cuda", 90, 32)))
     noisy = tempfile.mkdtemp()  # workers whose start-up prints to stdout must still be understood
     with open(f"{noisy}/sitecustomize.py", "w") as f:
         f.write("print('a banner on stdout')\\n")
@@ -38,15 +44,25 @@ SCRIPT = textwrap.dedent("""
         return sorted(d for d in os.listdir(cache) if any(f.endswith(".cubin") for f in os.listdir(f"{cache}/{d}")))
 
     jit = segment_sum_kernel.fn
-    ws, out, bounds = torch.zeros(4, 8), torch.zeros(2, 8, dtype=torch.float16), torch.zeros(3, dtype=torch.int64)
+    ws = torch.randn(4, 8, device=device)
+    out = torch.zeros(2, 8, dtype=torch.float16, device=device)
+    bounds = torch.tensor([0, 1, 4], device=device)
     launches = [triton_compile.Launch(jit, (2, 1), (ws, out, bounds, 8), {"BLOCK": block, "num_warps": 4})
                 for block in (64, 128, 64)]  # two specializations, one of them queued twice
     triton_compile.compile_all(launches, 2)
     assert sorted(replies) == [("segment_sum_kernel", "ok")] * 2, replies
     compiled = groups()
     assert len(compiled) == 2, compiled
-    assert len(jit.device_caches[0][0]) == 2, "the thread step loads both kernels into this process"
+    index = torch.cuda.current_device() if device == "cuda" else 0
+    assert len(jit.device_caches[index][0]) == 2, "the thread step loads both kernels into this process"
     assert groups() == compiled, "loaded from the workers' cache entries, not compiled again"
+    if device == "cuda":  # the loaded kernels run and are right
+        for launch in launches[:2]:
+            out.zero_()
+            jit[launch.grid](*launch.args, **launch.kwargs)
+            expected = torch.stack([ws[:1].sum(0), ws[1:].sum(0)]).half()
+            torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-3)
+        assert groups() == compiled
     triton_compile.compile_all(launches, 2)  # compiled in this process already: no work for the workers
     assert len(replies) == 2 and groups() == compiled
     pool = triton_compile._workers()
@@ -61,11 +77,23 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_workers_compile_into_the_disk_cache_this_process_loads():
+def _run_script(device: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", SCRIPT, device], env=env, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout[-4000:] + done.stderr[-4000:]
+
+
+def test_workers_compile_into_the_disk_cache_this_process_loads():
+    _run_script("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_workers_compile_what_the_gpu_process_loads_and_runs():
+    """With the real driver: the tuning process's cache keys are the workers', so it loads and runs their kernels."""
+    _run_script("cuda")
 
 
 class _FakeWorker:
