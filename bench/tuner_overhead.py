@@ -1,4 +1,6 @@
-"""Hot-path cost of the tuner on CPU: dispatch() on a cache hit versus calling the algorithm directly.
+"""Hot-path cost of the tuner on CPU: a dispatch on a cache hit versus calling the algorithm directly.
+
+The dispatch is ``dispatch_unchecked``, what a conv layer calls (the public ``dispatch`` adds its operand checks).
 
 The algorithm is a stub that returns a preallocated tensor, so the difference is pure dispatch overhead
 (mode resolution, signature, bucketed key, table lookup). Also reports the first-call tuning time of one
@@ -21,7 +23,8 @@ from warpsparse.algorithms.base import CONV_OPS, Algorithm, Op  # noqa: E402
 from warpsparse.coords.coord_set import CoordSet  # noqa: E402
 from warpsparse.coords.geometry import submanifold_geometry  # noqa: E402
 from warpsparse.coords.maps import build_kernel_map  # noqa: E402
-from warpsparse.tuner import dispatch, reset  # noqa: E402
+from warpsparse.tuner import reset  # noqa: E402
+from warpsparse.tuner.dispatcher import dispatch_unchecked as dispatch  # noqa: E402
 
 
 class _Stub(Algorithm):
