@@ -172,8 +172,8 @@ def update_document(path: Path, change: Callable[[CacheDocument], CacheDocument]
     """Read, change and rewrite ``path`` under its file lock; the document written.
 
     Raises ``OSError`` when the directory cannot be written, :class:`filelock.Timeout` when another process
-    holds the lock for longer than ``timeout`` seconds (default ``LOCK_TIMEOUT_S``), and :class:`CacheFromNewerVersion` (leaving the file
-    unchanged) when a newer warpsparse wrote it.
+    holds the lock for longer than ``timeout`` seconds (default ``LOCK_TIMEOUT_S``), and
+    :class:`CacheFromNewerVersion` (leaving the file unchanged) when a newer warpsparse wrote it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(path, timeout):
@@ -294,8 +294,8 @@ class TuningStore:
 
     def _lock_timed_out(self) -> bool:
         _warn_once(f"lock:{self.path}", f"could not lock warpsparse tuning cache {self.path} within "
-                                        f"{LOCK_TIMEOUT_S:g} s; keeping results in memory for the next save (at exit they "
-                                        "are dropped)")
+                                        f"{LOCK_TIMEOUT_S:g} s; keeping results in memory for the next save "
+                                        "(at exit they are dropped)")
         return False
 
 
