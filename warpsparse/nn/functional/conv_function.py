@@ -37,24 +37,28 @@ def run_op(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, algo: Algo
     return dispatch_unchecked(op, a.contiguous(), b.contiguous(), kmap, algo, bias, relu)
 
 
+def _remember_conv(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    """What the backward of a conv needs: the operands, the output where a ReLU was fused, the map and ops."""
+    features, weight, _, kmap, ops, _, bwd_algo, relu = inputs
+    ctx.save_for_backward(features, weight, output if relu else None)
+    ctx.kmap, ctx.ops, ctx.bwd_algo = kmap, ops, bwd_algo
+
+
 class SparseConvFunction(torch.autograd.Function):
     """Forward (with its bias and ReLU epilogue) and the gradients of a conv (or depthwise conv) over one map.
 
     A plain backward runs the tuned gradient ops. Under ``create_graph=True`` (a gradient penalty, or
     ``torch.func.grad``) the gradients are built from differentiable pieces instead: the input gradient is the
     forward conv over the reversed map (weight transposed), the weight gradient a :class:`WeightGradFunction`.
+    Call it through :func:`sparse_conv`.
     """
 
     @staticmethod
-    def forward(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kmap: KernelMap,
+    def forward(ctx: Any, features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kmap: KernelMap,
                 ops: tuple[Op, Op, Op], fwd_algo: AlgoSpec, bwd_algo: AlgoSpec, relu: bool) -> torch.Tensor:
-        return run_op(ops[0], features, weight, kmap, fwd_algo, bias, relu)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        features, weight, _, kmap, ops, _, bwd_algo, relu = inputs
-        ctx.save_for_backward(features, weight, output if relu else None)
-        ctx.kmap, ctx.ops, ctx.bwd_algo = kmap, ops, bwd_algo
+        out = run_op(ops[0], features, weight, kmap, fwd_algo, bias, relu)
+        _remember_conv(ctx, (features, weight, bias, kmap, ops, fwd_algo, bwd_algo, relu), out)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -74,12 +78,32 @@ class SparseConvFunction(torch.autograd.Function):
         return grad_in, grad_w, grad_b, None, None, None, None, None
 
 
+class _TransformableConv(SparseConvFunction):
+    """The same Function in the ``setup_context`` form, which ``torch.func`` transforms require. Only used while
+    one is active: torch binds such a Function's arguments with ``inspect`` at every call (about 100 us)."""
+
+    @staticmethod
+    def forward(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # type: ignore[override]
+                kmap: KernelMap, ops: tuple[Op, Op, Op], fwd_algo: AlgoSpec, bwd_algo: AlgoSpec,
+                relu: bool) -> torch.Tensor:
+        return run_op(ops[0], features, weight, kmap, fwd_algo, bias, relu)
+
+    setup_context = staticmethod(_remember_conv)
+
+
+def sparse_conv(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kmap: KernelMap,
+                ops: tuple[Op, Op, Op], fwd_algo: AlgoSpec, bwd_algo: AlgoSpec, relu: bool) -> torch.Tensor:
+    """The differentiable conv (:class:`SparseConvFunction`), in the form ``torch.func`` needs while it runs."""
+    function = _TransformableConv if torch._C._are_functorch_transforms_active() else SparseConvFunction
+    return function.apply(features, weight, bias, kmap, ops, fwd_algo, bwd_algo, relu)
+
+
 def backward_conv(grad: torch.Tensor, weight: torch.Tensor, reverse: KernelMap, ops: tuple[Op, Op, Op],
                   algo: AlgoSpec) -> torch.Tensor:
     """The input gradient as a differentiable conv: the forward op over the ``reverse`` map with each weight
     offset transposed (a depthwise weight as it is)."""
     weight_t = weight if ops[0].depthwise else weight.transpose(1, 2)
-    return SparseConvFunction.apply(grad, weight_t, None, reverse, ops, algo, algo, False)
+    return sparse_conv(grad, weight_t, None, reverse, ops, algo, algo, False)
 
 
 class WeightGradFunction(torch.autograd.Function):
@@ -104,8 +128,7 @@ class WeightGradFunction(torch.autograd.Function):
         grad_w = grad_w.to(features.dtype)
         needs = ctx.needs_input_grad
         d_features = backward_conv(grad_out, grad_w, kmap.reversed(), ops, algo) if needs[0] else None
-        d_grad_out = SparseConvFunction.apply(features, grad_w, None, kmap, ops, algo, algo, False) \
-            if needs[1] else None
+        d_grad_out = sparse_conv(features, grad_w, None, kmap, ops, algo, algo, False) if needs[1] else None
         return d_features, d_grad_out, None, None, None
 
 
@@ -161,5 +184,5 @@ def conv_features(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
     with torch.autocast(device_type, enabled=False) if autocast else contextlib.nullcontext():
         if torch.is_grad_enabled() and (features.requires_grad or weight.requires_grad
                                         or (bias is not None and bias.requires_grad)):
-            return SparseConvFunction.apply(features, weight, bias, kmap, ops, fwd_algo, bwd_algo, relu)
+            return sparse_conv(features, weight, bias, kmap, ops, fwd_algo, bwd_algo, relu)
         return run_op(ops[0], features, weight, kmap, fwd_algo, bias, relu)

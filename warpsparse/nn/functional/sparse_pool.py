@@ -14,6 +14,29 @@ from warpsparse.sparse_tensor import SparseTensor, widened
 __all__ = ["sparse_max_pool3d", "sparse_avg_pool3d", "global_max_pool", "global_avg_pool"]
 
 
+def _window_max(feats: torch.Tensor, nbr: torch.Tensor,
+                with_source: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(out, source)``: the window maxima and (if ``with_source``, else possibly ``None``) their rows."""
+    if feats.is_cuda and feats.dtype in SUPPORTED_DTYPES:
+        from warpsparse.algorithms.triton.pooling import max_pool_forward
+        return max_pool_forward(feats, nbr, with_source=with_source)
+    idx = nbr.long()
+    present = idx >= 0
+    window = feats[idx.clamp(min=0)].masked_fill_(~present.unsqueeze(-1), float("-inf"))
+    source = idx.gather(1, window.argmax(dim=1))  # [N_out, C]
+    # a window whose present rows are all -inf may pick an empty slot: take its first present row (-1
+    # when the window is empty, which then gives 0 like the Triton kernel)
+    first = idx.gather(1, present.to(torch.uint8).argmax(dim=1, keepdim=True))
+    source = torch.where(source < 0, first, source)
+    return feats.gather(0, source.clamp(min=0)).masked_fill_(source < 0, 0), source
+
+
+def _remember_pool(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    ctx.mark_non_differentiable(*(t for t in output[1:] if t is not None))
+    ctx.save_for_backward(output[1])
+    ctx.num_in = inputs[0].shape[0]
+
+
 class _MaxPool(torch.autograd.Function):
     """Window max over a kernel map; the backward adds each gradient to the window's arg-max row only.
 
@@ -23,27 +46,11 @@ class _MaxPool(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(feats: torch.Tensor, nbr: torch.Tensor,
+    def forward(ctx: Any, feats: torch.Tensor, nbr: torch.Tensor,
                 with_source: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(out, source)``: the window maxima and (if ``with_source``, else possibly ``None``) their rows."""
-        if feats.is_cuda and feats.dtype in SUPPORTED_DTYPES:
-            from warpsparse.algorithms.triton.pooling import max_pool_forward
-            return max_pool_forward(feats, nbr, with_source=with_source)
-        idx = nbr.long()
-        present = idx >= 0
-        window = feats[idx.clamp(min=0)].masked_fill_(~present.unsqueeze(-1), float("-inf"))
-        source = idx.gather(1, window.argmax(dim=1))  # [N_out, C]
-        # a window whose present rows are all -inf may pick an empty slot: take its first present row (-1
-        # when the window is empty, which then gives 0 like the Triton kernel)
-        first = idx.gather(1, present.to(torch.uint8).argmax(dim=1, keepdim=True))
-        source = torch.where(source < 0, first, source)
-        return feats.gather(0, source.clamp(min=0)).masked_fill_(source < 0, 0), source
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor | None]) -> None:
-        ctx.mark_non_differentiable(*(t for t in output[1:] if t is not None))
-        ctx.save_for_backward(output[1])
-        ctx.num_in = inputs[0].shape[0]
+        output = _window_max(feats, nbr, with_source)
+        _remember_pool(ctx, (feats, nbr, with_source), output)
+        return output
 
     @staticmethod
     @once_differentiable
@@ -57,6 +64,14 @@ class _MaxPool(torch.autograd.Function):
         return grad.new_zeros(ctx.num_in, grad.shape[1]).scatter_add_(0, index.clamp(min=0), grad), None, None
 
 
+class _TransformableMaxPool(_MaxPool):
+    """:class:`_MaxPool` in the ``setup_context`` form that ``torch.func`` transforms require (used only while
+    one is active, as :func:`~warpsparse.nn.functional.conv_function.sparse_conv` does)."""
+
+    forward = staticmethod(_window_max)  # type: ignore[assignment]
+    setup_context = staticmethod(_remember_pool)
+
+
 def _pool(x: SparseTensor, kernel_size: int | Triple, stride: int | Triple | None, padding: int | Triple,
           dilation: int | Triple, reduce: str) -> SparseTensor:
     if not isinstance(x, SparseTensor):
@@ -68,7 +83,8 @@ def _pool(x: SparseTensor, kernel_size: int | Triple, stride: int | Triple | Non
     feats = x.features
     if reduce == "max":
         with_source = torch.is_grad_enabled() and feats.requires_grad
-        out = _MaxPool.apply(feats, kmap.nbr, with_source)[0]
+        function = _TransformableMaxPool if torch._C._are_functorch_transforms_active() else _MaxPool
+        out = function.apply(feats, kmap.nbr, with_source)[0]
     else:
         in_idx, out_idx = kmap.pairs.in_idx, kmap.pairs.out_idx
         if in_idx.is_inference() and not torch.is_inference_mode_enabled():  # a map cached by an inference pass:
