@@ -39,12 +39,6 @@ def _check_features(features: torch.Tensor) -> None:
         raise ValueError(f"features must have shape [N, C], got {tuple(features.shape)}")
 
 
-def widened(features: torch.Tensor) -> torch.Tensor:
-    """``features`` in a dtype to sum many of them in: fp32 for half types (their sums overflow or round away),
-    else as they are."""
-    return features.float() if features.dtype in (torch.float16, torch.bfloat16) else features
-
-
 def first_row(bad: torch.Tensor) -> int | None:
     """The index of the first ``True`` of the row flags ``bad`` (one host read), ``None`` when there is none."""
     rows = bad.nonzero()

@@ -7,7 +7,8 @@ import torch
 
 from warpsparse.coords.coord_set import CoordSet
 from warpsparse.coords.keys import MAX_EXTENT, key_radix, pack, unpack
-from warpsparse.sparse_tensor import SparseTensor, batch_arg, first_row, shape_arg, widened
+from warpsparse.algorithms.explicit.common import accumulation_dtype
+from warpsparse.sparse_tensor import SparseTensor, batch_arg, first_row, shape_arg
 
 REDUCTIONS = ("mean", "sum", "max", "min")
 
@@ -81,7 +82,7 @@ def voxelize(points: torch.Tensor, voxel_size: float | Sequence[float], *, batch
     uniq, inverse = torch.unique(pack(coords, radix), return_inverse=True)
     index = inverse[:, None].expand(-1, feats.shape[1])
     red = "amax" if reduce == "max" else "amin" if reduce == "min" else reduce
-    wide = widened(feats) if reduce in ("mean", "sum") else feats
+    wide = feats.to(accumulation_dtype(feats.dtype)) if reduce in ("mean", "sum") else feats  # half sums overflow
     out = wide.new_zeros(uniq.numel(), feats.shape[1]).scatter_reduce(0, index, wide, red, include_self=False)
     out = out.to(feats.dtype)
     sites = CoordSet(unpack(uniq, radix), shape, batches)  # unique and in range by construction

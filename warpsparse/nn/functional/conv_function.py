@@ -91,11 +91,18 @@ class _TransformableConv(SparseConvFunction):
     setup_context = staticmethod(_remember_conv)
 
 
+def autograd_form(classic: type[torch.autograd.Function],
+                  transformable: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
+    """The form of an autograd Function to apply now: its ``setup_context`` form while a ``torch.func`` transform
+    runs (which needs it), else the classic form (torch binds the other's arguments with ``inspect``)."""
+    return transformable if torch._C._are_functorch_transforms_active() else classic
+
+
 def sparse_conv(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kmap: KernelMap,
                 ops: tuple[Op, Op, Op], fwd_algo: AlgoSpec, bwd_algo: AlgoSpec, relu: bool) -> torch.Tensor:
-    """The differentiable conv (:class:`SparseConvFunction`), in the form ``torch.func`` needs while it runs."""
-    function = _TransformableConv if torch._C._are_functorch_transforms_active() else SparseConvFunction
-    return function.apply(features, weight, bias, kmap, ops, fwd_algo, bwd_algo, relu)
+    """The differentiable conv (:class:`SparseConvFunction`), in the form :func:`autograd_form` picks."""
+    return autograd_form(SparseConvFunction, _TransformableConv).apply(features, weight, bias, kmap, ops, fwd_algo,
+                                                                       bwd_algo, relu)
 
 
 def backward_conv(grad: torch.Tensor, weight: torch.Tensor, reverse: KernelMap, ops: tuple[Op, Op, Op],

@@ -6,10 +6,12 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
+from warpsparse.algorithms.explicit.common import accumulation_dtype
 from warpsparse.algorithms.triton.common import SUPPORTED_DTYPES
 from warpsparse.coords.geometry import ConvGeometry, Triple, triple
+from warpsparse.nn.functional.conv_function import autograd_form
 from warpsparse.nn.functional.kernel_maps import conv_map
-from warpsparse.sparse_tensor import SparseTensor, widened
+from warpsparse.sparse_tensor import SparseTensor
 
 __all__ = ["sparse_max_pool3d", "sparse_avg_pool3d", "global_max_pool", "global_avg_pool"]
 
@@ -66,7 +68,7 @@ class _MaxPool(torch.autograd.Function):
 
 class _TransformableMaxPool(_MaxPool):
     """:class:`_MaxPool` in the ``setup_context`` form that ``torch.func`` transforms require (used only while
-    one is active, as :func:`~warpsparse.nn.functional.conv_function.sparse_conv` does)."""
+    one is active: :func:`~warpsparse.nn.functional.conv_function.autograd_form`)."""
 
     forward = staticmethod(_window_max)  # type: ignore[assignment]
     setup_context = staticmethod(_remember_pool)
@@ -83,14 +85,13 @@ def _pool(x: SparseTensor, kernel_size: int | Triple, stride: int | Triple | Non
     feats = x.features
     if reduce == "max":
         with_source = torch.is_grad_enabled() and feats.requires_grad
-        function = _TransformableMaxPool if torch._C._are_functorch_transforms_active() else _MaxPool
-        out = function.apply(feats, kmap.nbr, with_source)[0]
+        out = autograd_form(_MaxPool, _TransformableMaxPool).apply(feats, kmap.nbr, with_source)[0]
     else:
         in_idx, out_idx = kmap.pairs.in_idx, kmap.pairs.out_idx
         if in_idx.is_inference() and not torch.is_inference_mode_enabled():  # a map cached by an inference pass:
             in_idx, out_idx = in_idx.clone(), out_idx.clone()  # autograd cannot save inference tensors
         count = torch.bincount(out_idx, minlength=kmap.num_out).clamp(min=1)
-        wide = widened(feats)
+        wide = feats.to(accumulation_dtype(feats.dtype))  # half sums overflow
         summed = wide.new_zeros(kmap.num_out, x.num_channels).index_add(0, out_idx, wide[in_idx])
         out = (summed / count.unsqueeze(1).to(wide.dtype)).to(feats.dtype)
     return SparseTensor.from_coord_set(out, dst, x.indice_store)
@@ -113,7 +114,7 @@ def _global(x: SparseTensor, reduce: str) -> torch.Tensor:
     if not isinstance(x, SparseTensor):
         raise TypeError(f"input must be a warpsparse.SparseTensor, got {type(x).__name__}")
     index = x.coords[:, 0].long()[:, None].expand(-1, x.num_channels)
-    feats = widened(x.features) if reduce == "mean" else x.features
+    feats = x.features.to(accumulation_dtype(x.dtype)) if reduce == "mean" else x.features
     out = feats.new_zeros(x.batch_size, x.num_channels)
     return out.scatter_reduce(0, index, feats, reduce, include_self=False).to(x.features.dtype)
 

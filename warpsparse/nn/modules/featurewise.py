@@ -74,12 +74,12 @@ class SparseSequential(nn.Sequential):
 
 def _route(layers: nn.Sequential, x: Any) -> Any:
     for module in layers:
-        inner = getattr(module, "_orig_mod", module)
+        inner = getattr(module, "_orig_mod", module)  # what torch.compile wraps
         if not isinstance(x, SparseTensor):
             x = module(x)
         elif takes_features(module):
             x = x.replace(module(x.features))
-        elif isinstance(inner, nn.Sequential) and not isinstance(inner, SparseSequential):
+        elif isinstance(inner, nn.Sequential) and not isinstance(inner, SparseSequential):  # layer by layer
             x = _route(inner, x)
         else:
             x = module(x)
