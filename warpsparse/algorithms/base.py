@@ -45,10 +45,6 @@ class Op(str, enum.Enum):
     def is_forward(self) -> bool:
         return self in (Op.CONV_FWD, Op.DW_FWD)
 
-    @property
-    def is_wgrad(self) -> bool:
-        return self in (Op.CONV_WGRAD, Op.DW_WGRAD)
-
 
 CONV_OPS = frozenset({Op.CONV_FWD, Op.CONV_DGRAD, Op.CONV_WGRAD})
 DEPTHWISE_OPS = frozenset({Op.DW_FWD, Op.DW_DGRAD, Op.DW_WGRAD})
