@@ -1,15 +1,13 @@
 """Where a network's first call spends its time, and what its peak memory holds.
 
     python bench/first_call.py [--network spconv_net] [--device cuda] [--voxel-size 0.1] [--width-divisor 1]
-                               [--memory] [--no-compile-processes]
+                               [--memory]
 
 Run it in a fresh process on empty caches (point ``WARPCONVNET_BENCHMARK_CACHE_DIR``, ``TRITON_CACHE_DIR`` and
 ``CUPY_CACHE_DIR`` at empty folders) to see the cost of a first call. It times the first forward+backward call
 (fp16; MinkUNet under autocast) and splits it: per tuned signature its wall time and candidates; the tuner's
-phases (side-by-side precompilation and, within it, the worker processes' part, checked first runs, timing, the
-reference); Triton compilations on the calling thread (by kernel) and on the compile threads (loads of what the
-workers compiled included); CuPy compilations. ``--no-compile-processes`` compiles on threads only (for a
-comparison in another fresh process). ``--memory`` then lists, for one tuned
+phases (side-by-side precompilation, checked first runs, timing, the reference); Triton compilations on the
+calling thread (by kernel) and on the compile threads; CuPy compilations. ``--memory`` then lists, for one tuned
 forward and one forward+backward, the allocations alive at the peak grouped by the library line that made them.
 """
 from __future__ import annotations
@@ -27,7 +25,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import networks as nets  # noqa: E402
-from warpsparse import triton_compile  # noqa: E402
 from warpsparse.tuner import search  # noqa: E402
 
 Totals = collections.Counter
@@ -62,7 +59,6 @@ class Recorder:
                             ("check", "checked first runs"), ("measure", "checked first runs + timing"),
                             ("retime", "re-timing the leaders")):
             self.wrap(search._Session, method, key)
-        self.wrap(triton_compile._Workers, "compile", "compiling in worker processes (wall, within precompile)")
         benchmark = search.benchmark
 
         def per_signature(op: Any, a: Any, b: Any, kmap: Any, sig: Any, *rest: Any) -> Any:
@@ -157,11 +153,7 @@ def main() -> None:
     parser.add_argument("--voxel-size", type=float, default=0.1)
     parser.add_argument("--width-divisor", type=int, default=1, help="divide the network's channels by this")
     parser.add_argument("--memory", action="store_true", help="also list what the peaks of tuned calls hold")
-    parser.add_argument("--no-compile-processes", action="store_true",
-                        help="compile the tuner's candidates on threads only, not in worker processes")
     args = parser.parse_args()
-    if args.no_compile_processes:
-        triton_compile.MAX_PROCESSES = 0
     device = torch.device(args.device)
     recorder = Recorder()
     recorder.install()

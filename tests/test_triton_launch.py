@@ -9,7 +9,7 @@ import pytest
 import torch
 from triton import knobs
 
-from warpsparse import triton_compile, triton_launch
+from warpsparse import triton_launch
 from warpsparse.triton_launch import FastLaunch, fast_launch
 
 
@@ -142,11 +142,10 @@ def test_precompiling_compiles_precompilable_kernels_only(monkeypatch):
     other kernels (whose outputs the host caches) launch as usual."""
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(triton_launch, "_stream_of", lambda device: 7)
-    monkeypatch.setattr(triton_compile, "_specializations", lambda launches: [])  # workers: test_compile_workers
     compute, layout = FastLaunch(_Jitted(), precompilable=True), FastLaunch(_Jitted())
     x = torch.zeros(8)
     compute[(1,)](x, 3, B=1)  # compiled before
-    with triton_compile.precompiling(2):
+    with triton_launch.precompiling(2):
         assert compute[(1,)](x, 5, B=1) is None  # compiled: nothing runs
         compute[(1,)](x, 5, B=2)  # a new specialization: compiled, not run
         layout[(1,)](x, 5, B=2)
@@ -164,7 +163,7 @@ def test_precompiling_leaves_other_threads_alone(monkeypatch):
     monkeypatch.setattr(triton_launch, "_stream_of", lambda device: 7)
     compute = FastLaunch(_Jitted(), precompilable=True)
     x = torch.zeros(8)
-    with triton_compile.precompiling(2):
+    with triton_launch.precompiling(2):
         worker = threading.Thread(target=lambda: compute[(1,)](x, 5, B=1))
         worker.start()
         worker.join()

@@ -161,11 +161,12 @@ def _refuse(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(triton_maps, kernel, type("Refuse", (), {"__getitem__": lambda self, grid: refuse})())
 
 
-@pytest.mark.parametrize("kernel,half", [(3, True), ((1, 3, 5), True), (5, True), (1, False), (7, False)])
-def test_submanifold_maps_look_up_half_the_offsets(kernel, half: bool, monkeypatch) -> None:
-    """A symmetric map of 3 to 125 offsets is filled by the half-lookup kernel (mirrored writes), never by the
+@pytest.mark.parametrize("kernel,dilation,half", [(3, 1, True), ((1, 3, 5), 1, True), (3, (2, 1, 3), True),
+                                                  (5, 1, True), (7, 1, True), (1, 1, False), ((9, 9, 11), 1, False)])
+def test_submanifold_maps_look_up_half_the_offsets(kernel, dilation, half: bool, monkeypatch) -> None:
+    """A symmetric map of 3 to 729 offsets is filled by the half-lookup kernel (mirrored writes), never by the
     full map kernel; 1x1x1 and larger kernels take the full map kernel."""
-    geom = submanifold_geometry(_t(kernel), (1, 1, 1))
+    geom = submanifold_geometry(_t(kernel), _t(dilation))
     assert triton_maps.half_mapped(geom) == half
     _refuse("_map_kernel" if half else "_half_map_kernel", monkeypatch)
     src = random_set(300 if half else 60, (6, 6, 6), 2)
@@ -507,13 +508,12 @@ def test_scan_submanifold_maps_of_every_size_equal_torch_on_gpu(kernel: int) -> 
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.xfail(strict=True, reason="Triton 3.6 on sm_90: the half kernel at 7x7x7 finds some offsets' sites "
-                                       "at other offsets (why HALF_MAP_MAX_OFFSETS is 125); an unexpected pass "
-                                       "means the limit can be raised")
-def test_half_map_kernel_at_7x7x7_on_gpu() -> None:
-    """The half-lookup kernel itself (bypassing the routing) at 343 offsets against the PyTorch builder."""
+@pytest.mark.parametrize("kernel, dilation", [(3, 1), (3, 2), (5, 1), (7, 1), (9, 1), ((7, 3, 5), (1, 2, 1))])
+def test_half_map_kernel_on_gpu(kernel, dilation) -> None:
+    """The half-lookup kernel itself (bypassing the routing) against the PyTorch builder, up to 9x9x9 (Triton 3.6
+    once miscompiled its in-kernel offset arithmetic at 7x7x7 and at 9x9x9 with other launch shapes)."""
     src = scan_coords(0.1)
-    geom = submanifold_geometry((7, 7, 7), (1, 1, 1))
+    geom = submanifold_geometry(_t(kernel), _t(dilation))
     km_t, _ = build_kernel_map(src, geom, src.spatial_shape, src, "subm", builder="torch")
     own = fresh(src)
     nbr, _, count = triton_maps._half_map(own, geom, triton_maps.coord_table(own))

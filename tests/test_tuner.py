@@ -9,7 +9,7 @@ import torch
 from helpers_tuner import Fake, cache_dir, operands, random_map, truth, use_registry  # noqa: F401
 from warpsparse.algorithms.base import CONV_OPS, DEPTHWISE_OPS, Op, Signature
 from warpsparse.algorithms.explicit import ExplicitDepthwise, ExplicitGemm
-from warpsparse import triton_compile
+from warpsparse import triton_launch
 from warpsparse.tuner import (Call, collect_calls, dispatch, dispatcher, mode_for, pretune, reset, save_tuning_cache,
                               search, store)
 from warpsparse.tuner.key import density_bucket, entry_key, half_octave, hot_key
@@ -236,7 +236,7 @@ def test_compiling_algorithms_precompile_their_first_points_side_by_side(monkeyp
     use_registry(monkeypatch, compiling, plain)
     monkeypatch.setattr(search, "compiled_on", lambda device: True)
     entered: list[int] = []
-    real = triton_compile.precompiling
+    real = triton_launch.precompiling
 
     def spy(workers: int):
         entered.append(workers)
@@ -249,7 +249,7 @@ def test_compiling_algorithms_precompile_their_first_points_side_by_side(monkeyp
     original = Fake.run
 
     def tracking(self, *args):
-        flags.append((self.name, triton_compile.queued.get() is not None))
+        flags.append((self.name, triton_launch._precompiling.get()))
         return original(self, *args)
 
     monkeypatch.setattr(Fake, "run", tracking)

@@ -9,18 +9,23 @@ the current stream. The first launch of every key goes through Triton's own path
 returns the kernel to remember. While a launch hook is installed (``triton.knobs.runtime``, e.g. a
 profiler), launches go through the compiled kernel's own runner so that the hooks see every launch.
 
-:func:`warpsparse.triton_compile.precompiling` lets the tuner compile many parameter points at once: inside it,
-launches of kernels marked ``precompilable`` are only queued for compilation and run nothing.
+:func:`precompiling` lets the tuner compile many parameter points at once: inside it, launches of kernels
+marked ``precompilable`` only queue their compilation on a thread pool (Triton's compiler releases the GIL,
+so the compilations run side by side) and run nothing.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable, Iterable, NamedTuple
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
+from typing import Any, Callable, Hashable, Iterable, Iterator, NamedTuple
 
 import torch
 from triton import knobs
+from triton.runtime._async_compile import AsyncCompileMode
 from triton.runtime.driver import driver
 
-from warpsparse.triton_compile import Launch, queued
+_precompiling: ContextVar[bool] = ContextVar("warpsparse_precompiling", default=False)  # per thread
 
 
 def cdiv(a: int, b: int) -> int:
@@ -60,11 +65,25 @@ class _Entry(NamedTuple):
     tail: tuple[str, ...]  # parameters passed by keyword, in signature order
 
 
+@contextlib.contextmanager
+def precompiling(workers: int) -> Iterator[None]:
+    """Launches of ``precompilable`` kernels from this thread inside only compile them, ``workers`` at a time;
+    leaving waits for every compilation. Other threads launch as usual. Their outputs are left unwritten;
+    compile errors are dropped here and surface at the kernel's next real launch."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="warpsparse-compile") as pool, \
+            AsyncCompileMode(pool, ignore_errors=True):
+        token = _precompiling.set(True)
+        try:
+            yield
+        finally:
+            _precompiling.reset(token)
+
+
 class FastLaunch:
     """A jitted kernel whose launches skip Triton's per-call argument binding once compiled.
 
-    A ``precompilable`` kernel's results are never cached by the host code, so
-    :func:`~warpsparse.triton_compile.precompiling` may skip running it.
+    A ``precompilable`` kernel's results are never cached by the host code, so :func:`precompiling` may skip
+    running it.
     """
 
     def __init__(self, fn: Any, precompilable: bool = False) -> None:
@@ -89,10 +108,9 @@ class FastLaunch:
                 value if constexpr else _arg_keys((value,))[0]
                 for value, constexpr in zip(args[plain:], self.constexpr[plain:]))
         entry = self.compiled.get(key)
-        launches = queued.get() if self.precompilable else None
-        if launches is not None:  # inside precompiling(): compiled when it ends, not run
+        if self.precompilable and _precompiling.get():
             if entry is None:
-                launches.append(Launch(self.fn, grid, args, kwargs))
+                self.fn.warmup(*args, grid=grid, **kwargs)  # queued on the pool by Triton's async compile mode
             return None
         if entry is None:
             kernel = self.fn[grid](*args, **kwargs)  # Triton's own path: binds, compiles if needed, launches

@@ -138,7 +138,7 @@ class Algorithm(ABC):
 
     name: str
     ops: frozenset[Op]
-    #: runs compile a kernel per parameter point, and :func:`warpsparse.triton_compile.precompiling` can
+    #: runs compile a kernel per parameter point, and :func:`warpsparse.triton_launch.precompiling` can
     #: compile many points side by side before they are timed
     precompiles: bool = False
 

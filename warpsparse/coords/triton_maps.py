@@ -17,7 +17,7 @@ reach one output (e.g. 2x2x2 stride 2, pooling windows: 8 inputs per output). Th
 are known from its position, so each lane looks their inputs up in the (much smaller) input table and learns
 the first of them, its output's owner; owners are numbered with the same scan.
 
-A centred-symmetric (submanifold) map of 3 to 125 offsets onto its own sites and grid is filled with half the
+A centred-symmetric (submanifold) map of 3 to 729 offsets onto its own sites and grid is filled with half the
 lookups: the site found at offset ``k`` of site ``i`` also has ``i`` at the mirrored offset ``K-1-k``.
 
 A transposed conv whose kernel positions fall in distinct residues of the stride (``d*(k-1) < s``, no padding,
@@ -33,6 +33,7 @@ kernel serves every level of a network.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -129,12 +130,13 @@ def _map_kernel(nbr_ptr, mask_ptr, count_ptr, out_ptr, n_out, slots_ptr, shift, 
 
 @fast_launch
 @triton.jit(do_not_specialize=["n", "shift", "hmask", "in0", "in1", "in2"])
-def _half_map_kernel(nbr_ptr, mask_ptr, count_ptr, coords_ptr, n, slots_ptr, shift, hmask, in0, in1, in2,
-                     K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
-                     D2: tl.constexpr, PACKED: tl.constexpr, ROWS: tl.constexpr, HP: tl.constexpr):
+def _half_map_kernel(nbr_ptr, mask_ptr, count_ptr, coords_ptr, n, slots_ptr, shift, hmask, in0, in1, in2, delta_ptr,
+                     K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, PACKED: tl.constexpr, ROWS: tl.constexpr,
+                     HP: tl.constexpr):
     """A centred-symmetric (submanifold) map from half the lookups: site ``j`` found at offset ``k`` before the
     centre of site ``i`` gives ``nbr[i, k] = j`` and its mirror ``nbr[j, K-1-k] = i``; ``nbr[i, centre] = i``.
-    ``nbr`` comes filled with -1 and the masks with 0 (both OR-ed in here); pairs are counted into ``count``."""
+    ``nbr`` comes filled with -1 and the masks with 0 (both OR-ed in here); pairs are counted into ``count``.
+    Offset ``k``'s displacement along axis ``a`` is ``delta[a * HP + k]`` (:func:`_half_deltas`)."""
     KV: tl.constexpr = K0 * K1 * K2
     HALF: tl.constexpr = KV // 2
     CENTRE: tl.constexpr = HALF if HALF < 62 else 62
@@ -146,9 +148,9 @@ def _half_map_kernel(nbr_ptr, mask_ptr, count_ptr, coords_ptr, n, slots_ptr, shi
     x1 = tl.load(coords_ptr + 4 * row64 + 2, mask=live, other=0)[:, None]
     x2 = tl.load(coords_ptr + 4 * row64 + 3, mask=live, other=0)[:, None]
     k = tl.arange(0, HP)
-    y0 = x0 + ((k // (K1 * K2)) - (K0 - 1) // 2)[None, :] * D0
-    y1 = x1 + (((k // K2) % K1) - (K1 - 1) // 2)[None, :] * D1
-    y2 = x2 + ((k % K2) - (K2 - 1) // 2)[None, :] * D2
+    y0 = x0 + tl.load(delta_ptr + k)[None, :]
+    y1 = x1 + tl.load(delta_ptr + HP + k)[None, :]
+    y2 = x2 + tl.load(delta_ptr + 2 * HP + k)[None, :]
     valid = (live[:, None] & (k < HALF)[None, :] & (y0 >= 0) & (y0 < in0) & (y1 >= 0) & (y1 < in1) & (y2 >= 0)
              & (y2 < in2))
     j = find_keys(slots_ptr, pack_key(b[:, None], y0, y1, y2, in0, in1, in2), valid, shift, hmask, PACKED)
@@ -547,11 +549,22 @@ def fill_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple,
     return nbr, mask, count
 
 
-# Larger kernels take the full map kernel. Compiled for sm_90 by Triton 3.6, the half kernel at 7x7x7 (343
-# offsets, one row of 256 lanes per program) returns for some offsets the site of another one along the last
-# axis (column 42's lookup finds column 45's site), on every run, while 3x3x3, 5x5x5, 9x9x9 and the interpreter
-# give the right map; larger kernels than 5x5x5 are rare and the full kernel serves them.
-HALF_MAP_MAX_OFFSETS = 125
+# Larger kernels take the full map kernel (the GPU tests check the half kernel up to 9x9x9). The half kernel reads
+# its offsets' displacements from a table: compiled for sm_90 by Triton 3.6, computing them as ``k % K2`` in the
+# kernel (7x7x7 in one row of 256 lanes on 2 warps, or 9x9x9 in 1024 lanes) looked some offsets up 3 sites off
+# along the last axis, while other launch shapes, an equivalent ``k - k // K2 * K2`` and the table were right.
+HALF_MAP_MAX_OFFSETS = 729
+
+
+@functools.lru_cache(maxsize=64)
+def _half_deltas(kernel_size: Triple, dilation: Triple, hp: int, device: torch.device) -> torch.Tensor:
+    """``[3 * hp]`` int32: per axis, offset ``k``'s displacement (``(i_a - (K_a - 1) // 2) * dilation_a``), for
+    ``k < hp`` in the offset order ``k = (i0 * K1 + i1) * K2 + i2``."""
+    k0, k1, k2 = kernel_size
+    k = torch.arange(hp)
+    index = torch.stack([k // (k1 * k2), k // k2 % k1, k % k2])
+    centre = torch.tensor([(k0 - 1) // 2, (k1 - 1) // 2, (k2 - 1) // 2])[:, None]
+    return ((index - centre) * torch.tensor(dilation)[:, None]).to(torch.int32).flatten().to(device)
 
 
 def half_mapped(geom: ConvGeometry) -> bool:
@@ -573,8 +586,9 @@ def _half_map(src: CoordSet, geom: ConvGeometry, table: HashTable
         rows = max(1, MAP.lanes_on(src.device) // hp)
         _half_map_kernel[(cdiv(n, rows),)](
             nbr, mask, count, src.coords.contiguous(), n, table.slots, *table.probe_args, *src.spatial_shape,
-            K0=geom.kernel_size[0], K1=geom.kernel_size[1], K2=geom.kernel_size[2], D0=geom.dilation[0],
-            D1=geom.dilation[1], D2=geom.dilation[2], PACKED=table.packed, ROWS=rows, HP=hp, num_warps=MAP.warps)
+            _half_deltas(geom.kernel_size, geom.dilation, hp, src.device), K0=geom.kernel_size[0],
+            K1=geom.kernel_size[1], K2=geom.kernel_size[2], PACKED=table.packed, ROWS=rows, HP=hp,
+            num_warps=MAP.warps)
     return nbr, mask, count
 
 

@@ -32,7 +32,7 @@ from warpsparse.coords.kernel_map import KernelMap
 from warpsparse.tuner.modes import REFERENCE
 from warpsparse.tuner.store import TuningStore
 from warpsparse.tuner.timing import median, output_error, poison, snapshot, time_round_robin, tolerance, unchanged
-from warpsparse.triton_compile import precompiling
+from warpsparse.triton_launch import precompiling
 
 log = logging.getLogger("warpsparse.tuner")
 
@@ -81,9 +81,8 @@ def _job_key(job: Callable[[], object]) -> Hashable:
 
 
 def compile_workers() -> int:
-    """How many candidates compile side by side (in worker processes, see :mod:`warpsparse.triton_compile`, and
-    threads): ``WARPCONVNET_COMPILE_WORKERS``, else the usable CPUs (at most 16); 1 compiles each candidate at its
-    first run."""
+    """Threads that compile candidates side by side: ``WARPCONVNET_COMPILE_WORKERS``, else the usable CPUs
+    (at most 16); 1 compiles each candidate at its first run."""
     raw = os.environ.get(WORKERS_ENV, "").strip()
     if not raw:
         return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
