@@ -50,6 +50,8 @@ def test_pair_chunks_tile_each_offsets_pairs(variant, chunk):
     assert all(start[c] == stop[c] and 0 <= offset[c] < kmap.kernel_volume for c in range(bounds[-1], len(start)))
     assert len(bounds) == kmap.kernel_volume + 1 and chunks.start.device == kmap.device
     assert {t.dtype for t in (chunks.start, chunks.stop, chunks.offset, chunks.bounds)} == {torch.int64}
+    parts = (chunks.start, chunks.stop, chunks.offset, chunks.bounds)  # aligned: one kernel specialization
+    assert all(t.data_ptr() % 16 == 0 for t in parts), [t.data_ptr() % 16 for t in parts]
     pair_bounds = pairs.bounds.tolist()
     for k in range(kmap.kernel_volume):
         mine = range(bounds[k], bounds[k + 1])

@@ -173,6 +173,18 @@ def test_submanifold_maps_look_up_half_the_offsets(kernel, dilation, half: bool,
     check_same(*both_builders(src, geom, src.spatial_shape, src, "subm"))
 
 
+@pytest.mark.parametrize("num", [59, 60])
+def test_half_map_outputs_are_aligned_for_any_site_count(num: int) -> None:
+    """The masks and the pair count are 16-byte aligned whatever the parity of the site count, so the half kernel
+    compiles once, not once per alignment."""
+    flat = torch.randperm(216)[:num]
+    src = CoordSet(torch.stack([flat * 0, flat // 36, flat // 6 % 6, flat % 6], 1).int().to(DEV), (6, 6, 6), 1)
+    geom = submanifold_geometry((3, 3, 3), (1, 1, 1))
+    _, mask, count = triton_maps._half_map(src, geom, triton_maps.coord_table(src))
+    assert mask.shape == (num,) and count.shape == (1,)
+    assert mask.data_ptr() % 16 == 0 and count.data_ptr() % 16 == 0
+
+
 def test_half_maps_onto_a_smaller_output_grid_take_the_full_kernel(monkeypatch) -> None:
     """Sites of ``src`` outside a given output grid get no inputs: the half kernel (which maps every site of
     ``src``) is not used; the map equals the full kernel's onto a copy of the sites."""

@@ -579,8 +579,8 @@ def _half_map(src: CoordSet, geom: ConvGeometry, table: HashTable
     other half mirrored (:func:`_half_map_kernel`)."""
     n, kv = src.num_points, geom.kernel_volume
     nbr = torch.full((n, kv), -1, dtype=torch.int32, device=src.device)
-    zeros = torch.zeros(n + 1, dtype=torch.int64, device=src.device)  # the masks and the count: one fill
-    mask, count = zeros[:n], zeros[n:]
+    zeros = torch.zeros(n + 2, dtype=torch.int64, device=src.device)  # the count and the masks: one fill
+    count, mask = zeros[:1], zeros[2:]  # both 16-byte aligned for any n: one kernel specialization, not two
     if n:
         hp = pow2_at_least(kv // 2)
         rows = max(1, MAP.lanes_on(src.device) // hp)

@@ -142,16 +142,17 @@ def pair_chunks(kmap: KernelMap, chunk: int) -> PairChunks:
     def build() -> PairChunks:
         kv, pairs = kmap.kernel_volume, kmap.num_pairs
         n = cdiv(pairs, chunk) + kv if pairs else 0
-        packed = torch.empty(3 * n + kv + 1, dtype=torch.int64, device=kmap.device)
+        m = n + (n & 1)  # an even stride keeps every part 16-byte aligned: one kernel specialization, not two
+        packed = torch.empty(3 * m + kv + 1, dtype=torch.int64, device=kmap.device)
         if n:
             kp = pow2_at_least(kv)
             block = max(16, 4096 // kp)
-            _pair_chunks_kernel[(cdiv(n, block),)](kmap.pairs.bounds, packed, packed[n:], packed[2 * n:],
-                                                   packed[3 * n:], n, chunk, KV=kv, KP=kp, BLOCK=block,
+            _pair_chunks_kernel[(cdiv(n, block),)](kmap.pairs.bounds, packed, packed[m:], packed[2 * m:],
+                                                   packed[3 * m:], n, chunk, KV=kv, KP=kp, BLOCK=block,
                                                    num_warps=4)
         else:
             packed.zero_()
-        return PairChunks(packed[:n], packed[n:2 * n], packed[2 * n:3 * n], packed[3 * n:], n)
+        return PairChunks(packed[:n], packed[m:m + n], packed[2 * m:2 * m + n], packed[3 * m:], n)
 
     return _cached(kmap, ("pair_chunks", chunk), build)
 
