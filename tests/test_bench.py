@@ -254,8 +254,8 @@ def test_first_call_breakdown_tiny_cpu(tmp_path):
     env = {**os.environ, "WARPCONVNET_BENCHMARK_CACHE_DIR": str(tmp_path), "WARPCONVNET_TUNE_BUDGET_MS": "1",
            "PYTHONPATH": str(repo)}
     done = subprocess.run([sys.executable, str(repo / "bench" / "first_call.py"), "--device", "cpu",
-                           "--voxel-size", "3.2", "--width-divisor", "16"], env=env,
-                          capture_output=True, text=True, timeout=900, cwd=repo)
+                           "--voxel-size", "3.2", "--width-divisor", "16"], env=env, capture_output=True, text=True,
+                          timeout=900, cwd=repo)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     head = lines[0].split()

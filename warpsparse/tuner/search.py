@@ -88,7 +88,7 @@ def compile_workers() -> int:
         return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                           else os.cpu_count() or 1))
     if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
-        raise ValueError(f"{WORKERS_ENV}={raw!r}: expected a positive whole number of workers")
+        raise ValueError(f"{WORKERS_ENV}={raw!r}: expected a positive whole number of threads")
     return int(raw)
 
 
@@ -184,7 +184,7 @@ class _Session:
 
     def precompile(self, cands: list[Candidate]) -> None:
         """Compile the kernels of the first candidates side by side, so that their checked runs only load them
-        (CUDA; of each kind as many candidates as two rounds of the compile workers): points of algorithms that
+        (CUDA; of each kind as many candidates as two rounds of the compile threads): points of algorithms that
         compile per point run inside :func:`precompiling`, while the :meth:`Algorithm.compile_jobs` of the
         others run on a thread pool beside them. The time is not charged to the budget."""
         workers = compile_workers()

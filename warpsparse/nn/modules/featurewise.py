@@ -1,6 +1,7 @@
 """Containers and feature-wise layers that take SparseTensors: Sequential, norms, activations, ToDense."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -54,13 +55,27 @@ def takes_features(module: nn.Module) -> bool:
     """Whether :class:`SparseSequential` hands ``module`` a SparseTensor's features rather than the SparseTensor:
     a torch layer (or a subclass of one, parametrized or compiled), but no warpsparse module and no other module
     (a user's block that takes SparseTensors)."""
-    module = getattr(module, "_orig_mod", module)  # what torch.compile wraps
-    mro = [cls for cls in type(module).__mro__ if cls.__module__ != "torch.nn.utils.parametrize"]  # its own class
-    if any(cls.__module__.startswith("warpsparse.") for cls in mro):
-        return False
-    if isinstance(module, nn.Sequential):
-        return all(takes_features(child) for child in module)
-    return any(cls.__module__.startswith("torch.nn.") and cls is not nn.Module for cls in mro)
+    module = _uncompiled(module)
+    route = _route_of(type(module))
+    return all(takes_features(child) for child in module) if route == "children" else route == "features"
+
+
+def _uncompiled(module: nn.Module) -> nn.Module:
+    """The module that ``torch.compile`` wrapped (its ``_orig_mod``), else ``module``; without the cost of
+    ``nn.Module.__getattr__`` failing on every other module."""
+    return module._modules.get("_orig_mod", module)  # type: ignore[return-value]
+
+
+@functools.cache
+def _route_of(cls: type) -> str:
+    """``"features"``, ``"sparse"`` or ``"children"`` (a torch Sequential: as its layers) for modules of ``cls``;
+    cached per class, as :class:`SparseSequential` asks at every call."""
+    mro = [c for c in cls.__mro__ if c.__module__ != "torch.nn.utils.parametrize"]  # a parametrized module's own
+    if any(c.__module__.startswith("warpsparse.") for c in mro):
+        return "sparse"
+    if issubclass(cls, nn.Sequential):
+        return "children"
+    return "features" if any(c.__module__.startswith("torch.nn.") and c is not nn.Module for c in mro) else "sparse"
 
 
 class SparseSequential(nn.Sequential):
@@ -74,7 +89,7 @@ class SparseSequential(nn.Sequential):
 
 def _route(layers: nn.Sequential, x: Any) -> Any:
     for module in layers:
-        inner = getattr(module, "_orig_mod", module)  # what torch.compile wraps
+        inner = _uncompiled(module)
         if not isinstance(x, SparseTensor):
             x = module(x)
         elif takes_features(module):
