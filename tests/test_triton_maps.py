@@ -162,27 +162,16 @@ def _refuse(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("kernel,dilation,half", [(3, 1, True), ((1, 3, 5), 1, True), (3, (2, 1, 3), True),
-                                                  (5, 1, True), (1, 1, False), (7, 1, False)])
+                                                  (5, 1, True), (7, 1, True), ((3, 5, 7), (2, 1, 1), True),
+                                                  (1, 1, False), ((9, 9, 11), 1, False)])
 def test_submanifold_maps_look_up_half_the_offsets(kernel, dilation, half: bool, monkeypatch) -> None:
-    """A symmetric map of 3 to 125 offsets is filled by the half-lookup kernel (mirrored writes), never by the
+    """A symmetric map of 3 to 729 offsets is filled by the half-lookup kernel (mirrored writes), never by the
     full map kernel; 1x1x1 and larger kernels take the full map kernel."""
     geom = submanifold_geometry(_t(kernel), _t(dilation))
     assert triton_maps.half_mapped(geom) == half
     _refuse("_map_kernel" if half else "_half_map_kernel", monkeypatch)
     src = random_set(300 if half else 60, (6, 6, 6), 2)
     check_same(*both_builders(src, geom, src.spatial_shape, src, "subm"))
-
-
-@pytest.mark.parametrize("kernel, dilation", [(7, 1), ((3, 5, 7), (2, 1, 1))])
-def test_half_map_kernel_beyond_the_routing_limit(kernel, dilation) -> None:
-    """The half kernel called directly on kernels the routing gives to the full kernel (for now) equals the
-    PyTorch builder: its offset table covers any kernel size and dilation."""
-    src = random_set(150, (9, 9, 9), 2)
-    geom = submanifold_geometry(_t(kernel), _t(dilation))
-    km_t, _ = build_kernel_map(src, geom, src.spatial_shape, src, "subm", builder="torch")
-    nbr, mask, count = triton_maps._half_map(src, geom, triton_maps.coord_table(src))
-    assert torch.equal(nbr, km_t.nbr) and int(count) == km_t.num_pairs
-    assert torch.equal(mask.cpu(), mask_oracle(nbr))
 
 
 @pytest.mark.parametrize("num", [59, 60])
@@ -535,8 +524,7 @@ def test_scan_submanifold_maps_of_every_size_equal_torch_on_gpu(kernel: int) -> 
 @pytest.mark.parametrize("kernel, dilation", [(3, 1), (3, 2), (5, 1), (7, 1), (9, 1), ((7, 3, 5), (1, 2, 1))])
 def test_half_map_kernel_on_gpu(kernel, dilation) -> None:
     """The half-lookup kernel itself (bypassing the routing) against the PyTorch builder, up to 9x9x9 (Triton 3.6
-    miscompiled the in-kernel offset arithmetic it had before at 7x7x7; a pass here lets HALF_MAP_MAX_OFFSETS
-    grow)."""
+    miscompiled the in-kernel offset arithmetic it had before at 7x7x7)."""
     src = scan_coords(0.1)
     geom = submanifold_geometry(_t(kernel), _t(dilation))
     km_t, _ = build_kernel_map(src, geom, src.spatial_shape, src, "subm", builder="torch")

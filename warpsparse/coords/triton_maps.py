@@ -17,8 +17,9 @@ reach one output (e.g. 2x2x2 stride 2, pooling windows: 8 inputs per output). Th
 are known from its position, so each lane looks their inputs up in the (much smaller) input table and learns
 the first of them, its output's owner; owners are numbered with the same scan.
 
-A centred-symmetric (submanifold) map of 3 to 125 offsets onto its own sites and grid is filled with half the
-lookups: the site found at offset ``k`` of site ``i`` also has ``i`` at the mirrored offset ``K-1-k``.
+A centred-symmetric (submanifold) map of 3 to 729 offsets (up to 9x9x9) onto its own sites and grid is filled
+with half the lookups: the site found at offset ``k`` of site ``i`` also has ``i`` at the mirrored offset
+``K-1-k``.
 
 A transposed conv whose kernel positions fall in distinct residues of the stride (``d*(k-1) < s``, no padding,
 every output inside the grid; e.g. 2x2x2 stride 2) sends every lane to its own output: the outputs are the lanes
@@ -551,10 +552,9 @@ def fill_map(src: CoordSet, geom: ConvGeometry, out_shape: Triple,
 
 # Larger kernels take the full map kernel. The half kernel reads its offsets' displacements from a table: compiled
 # for sm_90 by Triton 3.6, computing them as ``k % K2`` in the kernel (7x7x7 in one row of 256 lanes on 2 warps,
-# or 9x9x9 in 1024 lanes) looked some offsets up 3 sites off along the last axis, while other launch shapes, an
-# equivalent ``k - k // K2 * K2`` and a table were right (an H200 run of kernel variants). The limit stays at
-# 5x5x5, where the half kernel has been checked on a GPU, until the table kernel's GPU test passes up to 9x9x9.
-HALF_MAP_MAX_OFFSETS = 125
+# or 9x9x9 in 1024 lanes) looked some offsets up 3 sites off along the last axis; the table kernel is checked on a
+# GPU from 3x3x3 to 9x9x9 (tests/test_triton_maps.py::test_half_map_kernel_on_gpu).
+HALF_MAP_MAX_OFFSETS = 729
 
 
 @functools.lru_cache(maxsize=64)
