@@ -1,9 +1,25 @@
 """Test session setup: a private tuning cache, and Triton's interpreter when there is no GPU."""
+import logging
 import os
 import tempfile
+from typing import Iterator
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first @triton.jit
 os.environ["WARPCONVNET_BENCHMARK_CACHE_DIR"] = tempfile.mkdtemp(prefix="warpsparse-test-cache-")
+
+_FALLBACKS = ("rejected", "every candidate failed")
+
+
+@pytest.fixture
+def no_fallback(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fails the test where the tuner rejected a wrong candidate or fell back to the reference algorithm: an
+    oracle test of a named algorithm must have run that algorithm."""
+    with caplog.at_level(logging.WARNING, logger="warpsparse.tuner"):
+        yield
+    fallbacks = [r.getMessage() for r in caplog.records
+                 if r.name == "warpsparse.tuner" and any(f in r.getMessage() for f in _FALLBACKS)]
+    assert not fallbacks, f"the tuner replaced a candidate: {fallbacks}"

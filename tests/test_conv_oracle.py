@@ -286,7 +286,7 @@ def test_fused_relu_on_every_conv_kind(kind):
 
 
 @pytest.mark.parametrize("algo, dtype", [("explicit_gemm", torch.float64), ("implicit_gemm", torch.float32)])
-def test_epilogue_on_rows_without_inputs(algo, dtype):
+def test_epilogue_on_rows_without_inputs(algo, dtype, no_fallback):
     """Output rows no input reaches hold ReLU(bias), through the algorithms and through the no-input shortcut."""
     weight = torch.randn(27, 3, 4, dtype=dtype)
     bias = torch.tensor([1.0, -2.0, 0.5, -0.1], dtype=dtype, requires_grad=True)

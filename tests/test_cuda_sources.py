@@ -10,33 +10,39 @@ import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
 
 from warpsparse.algorithms.base import Op, Signature
 from warpsparse.algorithms.cupy import depthwise, gemm, runtime
-from warpsparse.algorithms.cupy.configs import DT_CODE, NOMINAL_DEVICE, conv_points, dw_points, sum_splits_name
+from warpsparse.algorithms.cupy.configs import (DT_CODE, NOMINAL_DEVICE, GemmKernel, conv_points, dw_points,
+                                                 sum_splits_name)
 
 NVCC = shutil.which("nvcc")
 _DTYPES = ((torch.float16, False), (torch.bfloat16, False), (torch.float32, False), (torch.float32, True))
 _CHANNELS = ((1, 3), (3, 16), (17, 17), (16, 64), (64, 64), (100, 100), (128, 256))
 
 
-def _gemm_names() -> list[str]:
-    """One instantiation per group of code-changing features, over the spaces of varied signatures."""
-    chosen: dict[tuple, str] = {}
+def _gemm_kernels() -> Iterator[GemmKernel]:
+    """Every instantiation the spaces of varied signatures select (repeats included)."""
     for dtype, tf32 in _DTYPES:
-        es = dtype.itemsize
         for c_in, c_out in _CHANNELS:
             for op in (Op.CONV_FWD, Op.CONV_DGRAD, Op.CONV_WGRAD):
                 sig = Signature(op, 5000, 5000, c_in, c_out, 27, dtype, "cuda", 50000, tf32)
                 c_a, c_b = (c_in, c_out) if op != Op.CONV_DGRAD else (c_out, c_in)
                 for p in conv_points(sig, NOMINAL_DEVICE):
-                    k = gemm.kernel_for(op == Op.CONV_WGRAD, p, dtype, c_a, c_b)
-                    shape_class = (k.block_m >= 64, k.warps_m > 1, k.warps_n > 1)
-                    key = (k.wgrad, k.dt, k.mma, k.vec_a * es, k.vec_b * es, k.stages == 2, shape_class)
-                    chosen.setdefault(key, k.name)
+                    yield gemm.kernel_for(op == Op.CONV_WGRAD, p, dtype, c_a, c_b)
+
+
+def _gemm_names() -> list[str]:
+    """One instantiation per group of code-changing features."""
+    chosen: dict[tuple, str] = {}
+    for k in _gemm_kernels():
+        shape_class = (k.block_m >= 64, k.warps_m > 1, k.warps_n > 1)
+        key = (k.wgrad, k.dt, k.mma, k.vec_a, k.vec_b, k.stages == 2, shape_class)  # copy widths: dt sets the size
+        chosen.setdefault(key, k.name)
     return sorted(set(chosen.values()))
 
 
@@ -62,6 +68,8 @@ def _nvcc(path: Path) -> subprocess.CompletedProcess:
 
 
 def test_instantiation_names_are_unique_per_point():
+    kernels = set(_gemm_kernels())
+    assert len({k.name for k in kernels}) == len(kernels), "two instantiations share a name"
     names = _gemm_names()
     assert len(names) >= 20 and all(n.startswith("wsk::ws_conv_") for n in names)
     assert any("ws_conv_wgrad" in n for n in names) and any(n.endswith("false>") for n in names)

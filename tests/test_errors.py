@@ -392,14 +392,18 @@ def test_dispatch_checks_its_operands():
         subm_conv3d(x, weight.to_sparse(), None, 3, **EXPLICIT)
 
 
-@pytest.mark.parametrize("call", [
-    lambda t: global_max_pool(t), lambda t: global_avg_pool(t), lambda t: wnn.ToDense()(t),
-    lambda t: subm_conv3d(_x(1), [[1.0]], None, 3, **EXPLICIT),
-    lambda t: spatially_sparse_conv(_x(2), torch.randn(27, 2, 2), 3, output_spatially_sparse_tensor=t, **EXPLICIT),
+@pytest.mark.parametrize("call, match", [
+    (lambda t: global_max_pool(t), "input must be a warpsparse.SparseTensor, got Tensor"),
+    (lambda t: global_avg_pool(t), "input must be a warpsparse.SparseTensor, got Tensor"),
+    (lambda t: wnn.ToDense()(t), "ToDense takes a warpsparse.SparseTensor, got Tensor"),
+    (lambda t: subm_conv3d(_x(1), t.tolist(), None, 3, **EXPLICIT),
+     r"weight must be a torch.Tensor \(\[K, C_in, C_out\]\), got list"),
+    (lambda t: spatially_sparse_conv(_x(2), torch.randn(27, 2, 2), 3, output_spatially_sparse_tensor=t, **EXPLICIT),
+     "output_spatially_sparse_tensor must be a warpsparse.SparseTensor, got Tensor"),
 ], ids=["global_max", "global_avg", "to_dense", "weight", "output_tensor"])
-def test_plain_tensors_where_sparse_ones_belong(call):
-    with pytest.raises(TypeError, match="must be a warpsparse.SparseTensor|takes a warpsparse.SparseTensor|"
-                                        "weight must be a torch.Tensor"):
+def test_plain_objects_where_tensors_belong(call, match):
+    """Each argument given the wrong kind of object is named in the error, with what it got."""
+    with pytest.raises(TypeError, match=match):
         call(torch.randn(5, 2))
 
 
@@ -410,9 +414,11 @@ def test_unknown_algorithm_names_fail_when_the_module_is_made():
         wnn.SparseDepthwiseConv3d(2, 3, fwd_algo=["explicit", "bogus"])
 
 
-@pytest.mark.parametrize("make, match", [(lambda: wnn.SparseMaxPool3d(0), "kernel_size"),
-                                         (lambda: wnn.SparseAvgPool3d(2, stride=-1), "stride"),
-                                         (lambda: wnn.SparseMaxPool3d(2, padding=(1, 1)), "padding")])
-def test_bad_pooling_windows_fail_when_the_module_is_made(make, match):
-    with pytest.raises((TypeError, ValueError), match=match):
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: wnn.SparseMaxPool3d(0), ValueError, r"kernel_size must be >= 1 on every axis, got \(0, 0, 0\)"),
+    (lambda: wnn.SparseAvgPool3d(2, stride=-1), ValueError, r"stride must be >= 1 on every axis, got \(-1, -1, -1\)"),
+    (lambda: wnn.SparseMaxPool3d(2, padding=(1, 1)), TypeError,
+     r"padding must be an int or a tuple of 3 ints, got \(1, 1\)")])
+def test_bad_pooling_windows_fail_when_the_module_is_made(make, error, match):
+    with pytest.raises(error, match=match):
         make()

@@ -73,7 +73,7 @@ def _layer(name: str, cin: int, cout: int, algo: str) -> torch.nn.Module:
 @pytest.mark.parametrize("layer, cin, cout",
                          [(name, *CHANNELS[i % len(CHANNELS)]) for i, name in enumerate(CONV_LAYERS)])
 @pytest.mark.parametrize("algo", [*_names(Op.CONV_FWD), "auto"])
-def test_gpu_conv(algo, layer, cin, cout, dtype):
+def test_gpu_conv(algo, layer, cin, cout, dtype, no_fallback):
     batch, shape = 2, (16, 14, 12)
     fine = random_input(500 * batch, cin, shape=shape, batch=batch, dtype=dtype, device=CUDA)
     x = fine.tensor()
@@ -119,7 +119,7 @@ def test_gpu_conv(algo, layer, cin, cout, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("algo", [*_names(Op.DW_FWD), "auto"])
-def test_gpu_depthwise(algo, stride, dtype):
+def test_gpu_depthwise(algo, stride, dtype, no_fallback):
     c = 32
     inp = random_input(1000, c, shape=(16, 14, 12), batch=2, dtype=dtype, device=CUDA)
     x = inp.tensor()

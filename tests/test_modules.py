@@ -180,11 +180,17 @@ def test_dropout_in_training_keeps_sites():
     x = random_input(40, 5).tensor()
     out = wnn.Dropout(0.5)(x)
     assert out.coord_set is x.coord_set and out.features.shape == x.features.shape
+    dropped = out.features == 0
+    assert bool(dropped.any()) and not bool(dropped.all()), "p=0.5 over 200 values drops some and keeps some"
+    assert torch.allclose(out.features[~dropped], 2 * x.features[~dropped]), "kept values are scaled by 1/(1-p)"
 
 
 def test_to_dense():
     x = random_input(40, 3, batch=2).tensor()
-    assert torch.equal(wnn.ToDense()(x), x.dense())
+    grid = torch.zeros(2, 3, *x.spatial_shape, dtype=x.dtype)
+    for (b, i, j, k), f in zip(x.coords.tolist(), x.features):
+        grid[b, :, i, j, k] = f
+    assert torch.equal(wnn.ToDense()(x), grid)
 
 
 def test_warpconvnet_import_paths():

@@ -188,5 +188,10 @@ def test_average_pool_trains_after_an_inference_pass():
         expected = pool(x).features.clone()
     features = x.features.detach().clone().requires_grad_()
     out = pool(x.replace(features)).features
-    out.sum().backward()
-    assert torch.equal(out.detach(), expected) and features.grad is not None
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    uncached = warpsparse.SparseTensor(features.detach().clone().requires_grad_(), x.coords.clone(),
+                                       x.spatial_shape, x.batch_size)  # new sites: the map is built afresh
+    pool(uncached).features.backward(grad)
+    assert torch.equal(out.detach(), expected)
+    assert features.grad is not None and torch.equal(features.grad, uncached.features.grad)

@@ -214,22 +214,39 @@ def test_deterministic_wgrad_workspaces_are_bounded(monkeypatch: pytest.MonkeyPa
         torch.use_deterministic_algorithms(False)
 
 
-def test_deterministic_wgrad() -> None:
-    """Deterministic mode gives bit-identical gradients; with torch's deterministic flag no atomic point is
-    offered and an atomic point runs the deterministic reduction."""
+def count_reductions(module: Any, monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    """One entry per deterministic reduction (``segment_sum``) that ``module`` runs from now on."""
+    calls: list[None] = []
+    real = module.segment_sum
+
+    def spy(*args: Any) -> torch.Tensor:
+        calls.append(None)
+        return real(*args)
+
+    monkeypatch.setattr(module, "segment_sum", spy)
+    return calls
+
+
+def test_deterministic_wgrad(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deterministic mode gives bit-identical gradients through the workspace reduction, an atomic point skips
+    it; with torch's deterministic flag no atomic point is offered and an atomic point runs the reduction."""
     kmap = make_map("subm")
     a, b = operands(Op.CONV_WGRAD, kmap, 17, 16, torch.float32)
     sig = Signature.of(Op.CONV_WGRAD, a, b, kmap)
     points = list(ALGO.param_space(sig).points())
     assert any(not p["deterministic"] for p in points)
     det = next(p for p in points if p["deterministic"] and p["mode"] == "pairs")
+    atomic = {**det, "deterministic": False}
+    reductions = count_reductions(implicit_gemm, monkeypatch)
     first = ALGO.run(Op.CONV_WGRAD, det, a, b, kmap)
-    assert torch.equal(first, ALGO.run(Op.CONV_WGRAD, det, a, b, kmap))
+    assert torch.equal(first, ALGO.run(Op.CONV_WGRAD, det, a, b, kmap)) and len(reductions) == 2
+    torch.testing.assert_close(ALGO.run(Op.CONV_WGRAD, atomic, a, b, kmap), first)
+    assert len(reductions) == 2, "an atomic point reduces with atomics"
     torch.use_deterministic_algorithms(True)
     try:
         assert all(p["deterministic"] for p in ALGO.param_space(sig).points())
-        atomic = {**det, "deterministic": False}
         assert torch.equal(first, ALGO.run(Op.CONV_WGRAD, atomic, a, b, kmap))
+        assert len(reductions) == 3, "under the flag an atomic point runs the deterministic reduction"
     finally:
         torch.use_deterministic_algorithms(False)
 

@@ -9,10 +9,12 @@ import torch
 
 import warpsparse.algorithms.triton  # noqa: F401  (registers the Triton algorithms)
 from warpsparse.algorithms import Op, Signature, registry
+from warpsparse.algorithms.triton import depthwise
 from warpsparse.coords.kernel_map import KernelMap
 
 from oracle import fresh_seed, seed_note  # noqa: F401  (fresh_seed: autouse fixture)
-from test_triton_conv import TOLERANCE, VARIANTS, make_map, needs_cuda, poisoned, relative_error, scan_map  # noqa: F401
+from test_triton_conv import (TOLERANCE, VARIANTS, count_reductions, make_map, needs_cuda, poisoned,  # noqa: F401
+                              relative_error, scan_map)
 
 ALGO = registry.get("implicit")
 EXPLICIT = registry.get("explicit")
@@ -83,17 +85,23 @@ def test_every_point(op: Op, poisoned: None) -> None:
     run_points(op, make_map("subm", sites=64), 24, torch.float32, extra=None)
 
 
-def test_deterministic_wgrad() -> None:
+def test_deterministic_wgrad(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the conv's: bit-identical through the reduction, which an atomic point runs only under the flag."""
     kmap = make_map("subm")
     a, b = operands(Op.DW_WGRAD, kmap, 16, torch.float32)
     sig = Signature.of(Op.DW_WGRAD, a, b, kmap)
     det = next(p for p in ALGO.param_space(sig).points() if p["deterministic"])
+    atomic = {**det, "deterministic": False}
+    reductions = count_reductions(depthwise, monkeypatch)
     first = ALGO.run(Op.DW_WGRAD, det, a, b, kmap)
-    assert torch.equal(first, ALGO.run(Op.DW_WGRAD, det, a, b, kmap))
+    assert torch.equal(first, ALGO.run(Op.DW_WGRAD, det, a, b, kmap)) and len(reductions) == 2
+    ALGO.run(Op.DW_WGRAD, atomic, a, b, kmap)
+    assert len(reductions) == 2, "an atomic point reduces with atomics"
     torch.use_deterministic_algorithms(True)
     try:
         assert all(p["deterministic"] for p in ALGO.param_space(sig).points())
-        assert torch.equal(first, ALGO.run(Op.DW_WGRAD, {**det, "deterministic": False}, a, b, kmap))
+        assert torch.equal(first, ALGO.run(Op.DW_WGRAD, atomic, a, b, kmap))
+        assert len(reductions) == 3, "under the flag an atomic point runs the deterministic reduction"
     finally:
         torch.use_deterministic_algorithms(False)
 

@@ -10,6 +10,7 @@ from helpers_tuner import Fake, cache_dir, operands, random_map, truth, use_regi
 from warpsparse.algorithms.base import CONV_OPS, DEPTHWISE_OPS, Op, Signature
 from warpsparse.algorithms.explicit import ExplicitDepthwise, ExplicitGemm
 from warpsparse import triton_launch
+from warpsparse.coords.kernel_map import KernelMap
 from warpsparse.tuner import (Call, collect_calls, dispatch, dispatcher, mode_for, pretune, reset, save_tuning_cache,
                               search, store)
 from warpsparse.tuner.key import density_bucket, entry_key, half_octave, hot_key
@@ -374,6 +375,27 @@ def test_cache_hit_does_no_file_io_and_no_tuning(monkeypatch):
         torch.testing.assert_close(dispatch(Op.CONV_FWD, a2, b2, kmap), truth(Op.CONV_FWD, a2, b2, kmap))
 
 
+def _rows_map(n: int, per_row: int) -> KernelMap:
+    """``n`` outputs over ``n`` inputs, each output reading ``per_row`` random inputs at the first offsets."""
+    nbr = torch.full((n, 27), -1, dtype=torch.int32)
+    nbr[:, :per_row] = torch.randint(0, n, (n, per_row), dtype=torch.int32)
+    return KernelMap(nbr, n, (3, 3, 3))
+
+
+def _fwd_key(kmap: KernelMap):
+    return hot_key(Op.CONV_FWD, *operands(Op.CONV_FWD, kmap, 8, 16), kmap)
+
+
+def test_site_counts_and_densities_are_bucketed():
+    """Maps of other sizes within one half-octave (100 and 110 sites) and one density bucket share a key; a map
+    a half-octave larger (200 sites) or twice as dense does not."""
+    assert half_octave(100) == half_octave(110) != half_octave(200)
+    key = _fwd_key(_rows_map(100, 4))
+    assert key == _fwd_key(_rows_map(110, 4))
+    assert key != _fwd_key(_rows_map(200, 4))
+    assert key != _fwd_key(_rows_map(100, 8))
+
+
 def test_signatures_in_one_bucket_share_a_decision_others_do_not():
     kmap = random_map(n=200, extent=9)
     a, b = operands(Op.CONV_FWD, kmap, 8, 16)
@@ -419,7 +441,8 @@ def test_empty_maps_are_not_tuned(monkeypatch):
     a, b = operands(Op.CONV_FWD, kmap)
     assert dispatch(Op.CONV_FWD, a, b, kmap).shape == (0, 5)
     assert len(fake.calls) == 1
-    assert not store.cache_file().exists() or save_tuning_cache()
+    assert save_tuning_cache()
+    assert not store.cache_file().exists() or not store.read_document(store.cache_file()).entries
 
 
 def test_collect_then_pretune_with_progress(monkeypatch, capsys):
