@@ -10,8 +10,8 @@ returns the kernel to remember. While a launch hook is installed (``triton.knobs
 profiler), launches go through the compiled kernel's own runner so that the hooks see every launch.
 
 :func:`precompiling` lets the tuner compile many parameter points at once: inside it, launches of kernels
-marked ``precompilable`` only queue their compilation on a thread pool (Triton's compiler releases the GIL,
-so the compilations run side by side) and run nothing.
+marked ``precompilable`` only queue their compilation on a thread pool and run nothing (Triton's compiler holds
+the GIL for part of its work, so the threads overlap only partly: bench/README.md measures it).
 """
 from __future__ import annotations
 
