@@ -154,6 +154,26 @@ def test_epilogue_matches_explicit(variant: str, c_in: int, c_out: int, dtype: t
             assert not relu or bool((out >= 0).all())
 
 
+@pytest.mark.parametrize("variant", ["subm", "isolated", "strided", "inverse", "overlapping_transposed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_offset_groups_match_explicit(variant: str, dtype: torch.dtype, poisoned: None) -> None:
+    """Forward (with bias and ReLU) and input gradient in 2 and 3 column-group passes equal the explicit
+    algorithm: the first pass writes every row, the later ones add into theirs, the last applies ReLU."""
+    kmap = make_map(variant)
+    for op in (Op.CONV_FWD, Op.CONV_DGRAD):
+        a, b = operands(op, kmap, 17, 20, dtype)
+        sig = Signature.of(op, a, b, kmap)
+        points = [p for p in ALGO.param_space(sig).points() if p["offset_groups"] > 1]
+        assert {p["offset_groups"] for p in points} == {2, 3}
+        for params in points[:2] + points[-2:]:
+            check(op, kmap, a, b, params)
+            if op == Op.CONV_FWD:
+                bias = torch.randn(20, device=kmap.device).to(dtype)
+                ref = EXPLICIT.run(op, {"batch_below": 0}, a.double(), b.double(), kmap, bias.double(), True)
+                err = relative_error(ALGO.run(op, params, a, b, kmap, bias, True), ref)
+                assert err <= TOLERANCE[dtype], f"{params}: {err:.3g} {seed_note()}"
+
+
 @pytest.mark.parametrize("c_in,c_out", [(16, 8), (3, 5)])
 @pytest.mark.parametrize("op", CONV_OPS, ids=lambda o: o.value)
 def test_every_point(c_in: int, c_out: int, op: Op, poisoned: None) -> None:
@@ -168,14 +188,15 @@ def test_every_point(c_in: int, c_out: int, op: Op, poisoned: None) -> None:
 
 def test_space_follows_channels() -> None:
     """Tiles never wider than the channels' power of two (16 at least); packed forms only under 32 reduction
-    channels, gathered tiles only from 16."""
+    channels, gathered tiles only from 16; offset groups only over mask-sorted rows."""
     kmap = make_map("subm", sites=64)
     wide = pow2_at_least
     for c_in, c_out in [(3, 64), (64, 256), (17, 100), (128, 1)]:
         for op in CONV_OPS:
             a, b = operands(op, kmap, c_in, c_out, torch.float16)
             points = list(ALGO.param_space(Signature.of(op, a, b, kmap)).points())
-            assert 4 <= len(points) <= 48
+            kernels = {tuple((k, v) for k, v in p.items() if k != "offset_groups") for p in points}
+            assert 4 <= len(kernels) <= 48  # offset groups run the kernel of their point in more passes
             for p in points:
                 if op == Op.CONV_WGRAD:
                     assert p["BLOCK_N"] <= max(16, wide(c_out))
@@ -186,6 +207,7 @@ def test_space_follows_channels() -> None:
                 assert p["BLOCK_N"] <= max(16, wide(c_n))
                 assert p["mode"] == "gather" and c_red >= 16 and p["BLOCK_K"] <= wide(c_red) or \
                     p["mode"] == "packed" and c_red < 32
+                assert p["offset_groups"] == 1 or p["sorted"] and p["offset_groups"] in (2, 3)
 
 
 def test_deterministic_wgrad_workspaces_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from warpsparse.algorithms.triton.layouts import block_offsets, pair_chunks
+from warpsparse.algorithms.triton.layouts import block_offsets, group_columns, pair_chunks
 from warpsparse.algorithms.triton.pooling import max_pool_backward, max_pool_forward
 from warpsparse.coords.kernel_map import KernelMap
 from warpsparse.coords.maps import build_kernel_map
@@ -99,6 +99,43 @@ def test_block_offsets_random_tables(kvol):
         want = torch.nonzero((rows >= 0).any(dim=0)).flatten()
         offsets, sources = block_reads(lay, b, 32)
         assert torch.equal(offsets, want) and torch.equal(sources, rows[:, want].t())
+
+
+@pytest.mark.parametrize("kvol,groups", [(27, 2), (27, 3), (125, 3)])
+def test_block_offsets_of_column_groups(kvol, groups):
+    """Each column group's layout orders the rows by that group's columns alone (rows with one pattern together)
+    and lists per block only the group's columns its rows use; over the groups every pair is read once. With
+    125 offsets the later groups lie past the map mask's 62 exact bits."""
+    nbr = _random_table(300, 200, kvol, 0.15)
+    kmap = KernelMap(nbr, 200, (kvol, 1, 1))
+    seen = torch.zeros_like(nbr, dtype=torch.int64)
+    for group in range(groups):
+        lo, hi = group_columns(kvol, group, groups)
+        lay = block_offsets(kmap, True, 32, group, groups)
+        order = lay.order.long()
+        assert torch.equal(order.sort().values, torch.arange(300, device=DEV)), "the order must be a permutation"
+        bits = torch.arange(hi - lo, device=DEV)
+        patterns = ((nbr[order, lo:hi] >= 0).long() << bits).sum(dim=1)  # the group's mask, fewer than 62 bits
+        assert bool((patterns[1:] >= patterns[:-1]).all()), f"group {group}: rows not sorted by its mask"
+        runs = torch.unique_consecutive(nbr[order, lo:hi] >= 0, dim=0).shape[0]
+        assert runs == torch.unique(nbr[:, lo:hi] >= 0, dim=0).shape[0], "rows of one pattern must form one run"
+        for b in range(-(-300 // 32)):
+            rows = order[b * 32:(b + 1) * 32]
+            want = lo + torch.nonzero((nbr[rows, lo:hi] >= 0).any(dim=0)).flatten()
+            offsets, sources = block_reads(lay, b, 32)
+            assert torch.equal(offsets, want) and torch.equal(sources, nbr[rows][:, want].t())
+            seen[rows[:, None], want[None, :]] += (sources.t() >= 0).long()
+    assert torch.equal(seen, (nbr >= 0).long()), "every pair must be read once over the groups"
+
+
+def test_reverse_of_symmetric_map_mirrors_each_column_group():
+    """The reverse of a subm map reuses each column group's layout of its source, flipped."""
+    src = coord_set(random_coords(250, (9, 9, 9), 2))
+    kmap, _ = build_kernel_map(src, submanifold_geometry((3, 3, 3), (1, 1, 1)), src.spatial_shape, src, "subm")
+    for group in range(3):
+        fwd, rev = block_offsets(kmap, True, 32, group, 3), block_offsets(kmap.reversed(), True, 32, group, 3)
+        assert rev.order is fwd.order and rev.active is fwd.active and (fwd.flip, rev.flip) == (0, 1)
+    assert block_offsets(kmap, True, 32, 0, 3).order is not kmap.sorted_order
 
 
 def test_mirror_of_symmetric_map_shares_row_groups():

@@ -38,6 +38,30 @@ def _nonzero(valid: torch.Tensor, count: int) -> torch.Tensor:
         return valid.nonzero()
 
 
+def offset_mask(nbr: torch.Tensor) -> torch.Tensor:
+    """Per row of a neighbour table [N, K], the int64 bitmask of its present columns (``nbr >= 0``); bit 62 also
+    stands for every column past 62."""
+    if nbr.device.type == "cuda":
+        from warpsparse.coords.triton_maps import row_mask
+        return row_mask(nbr)
+    valid = nbr >= 0
+    low = min(nbr.shape[1], 62)
+    bits = torch.ones(low, dtype=torch.int64, device=nbr.device) << torch.arange(low, device=nbr.device)
+    mask = (valid[:, :low].long() * bits).sum(dim=1)
+    if nbr.shape[1] > 62:
+        mask |= valid[:, 62:].any(dim=1).long() << 62
+    return mask
+
+
+def mask_order(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """Rows ordered by their ``width``-bit masks (stable, int32): rows with the same pattern sit together."""
+    for narrow in (torch.int16, torch.int32):  # masks of few bits fit a narrower key: fewer radix passes
+        if width < torch.iinfo(narrow).bits:
+            mask = mask.to(narrow)
+            break
+    return torch.argsort(mask, stable=True).to(torch.int32)
+
+
 @dataclass(eq=False)
 class KernelMap:
     """A convolution's neighbour table from ``num_in`` input sites to ``num_out`` output sites.
@@ -127,29 +151,13 @@ class KernelMap:
 
     @cached_property
     def mask(self) -> torch.Tensor:
-        """Per output row, the int64 bitmask of offsets present; bit 62 also stands for every offset past 62."""
-        if self._mask is not None:
-            return self._mask
-        if self.device.type == "cuda":
-            from warpsparse.coords.triton_maps import row_mask
-            return row_mask(self.nbr)
-        valid = self.nbr >= 0
-        low = min(self.kernel_volume, 62)
-        bits = torch.ones(low, dtype=torch.int64, device=self.device) << torch.arange(low, device=self.device)
-        mask = (valid[:, :low].long() * bits).sum(dim=1)
-        if self.kernel_volume > 62:
-            mask |= valid[:, 62:].any(dim=1).long() << 62
-        return mask
+        """Per output row, the int64 bitmask of offsets present (see :func:`offset_mask`)."""
+        return self._mask if self._mask is not None else offset_mask(self.nbr)
 
     @cached_property
     def sorted_order(self) -> torch.Tensor:
         """Output rows ordered by :attr:`mask` (int32), so rows with the same pattern sit together."""
-        mask = self.mask
-        for narrow in (torch.int16, torch.int32):  # masks of few offsets fit a narrower key: fewer radix passes
-            if self.kernel_volume < torch.iinfo(narrow).bits:
-                mask = mask.to(narrow)
-                break
-        return torch.argsort(mask, stable=True).to(torch.int32)
+        return mask_order(self.mask, self.kernel_volume)
 
     @cached_property
     def sorted_nbr(self) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from warpsparse.coords.kernel_map import KernelMap
+from warpsparse.coords.kernel_map import KernelMap, mask_order, offset_mask
 from warpsparse.triton_launch import cdiv, fast_launch, pow2_at_least
 
 _CACHE: "weakref.WeakKeyDictionary[KernelMap, dict[Any, Any]]" = weakref.WeakKeyDictionary()
@@ -33,10 +33,11 @@ def _cached(kmap: KernelMap, key: Any, build: Callable[[], Any]) -> Any:
 class BlockOffsets:
     """Result rows in blocks of ``block_m`` and, per block, the columns of ``table`` at least one of its rows uses.
 
-    Table rows are ``kmap.sorted_order`` when sorted (``order``; ``None``: rows in map order). Block ``b``
-    uses ``count[b]`` columns, ``active[b, :count[b]]`` (increasing; entries past ``count[b]`` are unset), and
-    reads its rows' sources from ``table`` [N, K]. Column ``c`` multiplies weight offset ``c``, or ``K - 1 - c``
-    where ``flip`` is 1: the reverse of a symmetric map reads its source's table with offsets mirrored.
+    Table rows are ``order`` (``None``: rows in map order). Block ``b`` uses ``count[b]`` columns,
+    ``active[b, :count[b]]`` (increasing; entries past ``count[b]`` are unset), and reads its rows' sources from
+    ``table`` [N, K]. Column ``c`` multiplies weight offset ``c``, or ``K - 1 - c`` where ``flip`` is 1: the
+    reverse of a symmetric map reads its source's table with offsets mirrored. A layout of one column group
+    (:func:`group_columns`) counts only that group's columns.
     """
 
     table: torch.Tensor  # [N, K] int32
@@ -46,18 +47,35 @@ class BlockOffsets:
     flip: int
 
 
+def group_columns(kvol: int, group: int, groups: int) -> tuple[int, int]:
+    """Columns ``[lo, hi)`` of group ``group`` when the ``kvol`` offsets are cut into ``groups`` even runs."""
+    return group * kvol // groups, (group + 1) * kvol // groups
+
+
+def _group_order(kmap: KernelMap, lo: int, hi: int) -> torch.Tensor:
+    """Output rows ordered by the mask of columns ``[lo, hi)`` alone (the map's mask sort for every column)."""
+    if (lo, hi) == (0, kmap.kernel_volume):
+        return kmap.sorted_order
+    if hi <= 62:  # exact bits of the map's mask
+        mask = (kmap.mask >> lo) & ((1 << (hi - lo)) - 1)
+    else:
+        mask = offset_mask(kmap.nbr[:, lo:hi])
+    return mask_order(mask, hi - lo)
+
+
 @fast_launch
-@triton.jit(do_not_specialize=["n"])
-def _block_offsets_kernel(nbr_ptr, order_ptr, count_ptr, active_ptr, n, KV: tl.constexpr, SORTED: tl.constexpr,
-                          BLOCK_M: tl.constexpr, KP: tl.constexpr):
-    """One row block: the offsets any of its rows uses, compacted in increasing order."""
+@triton.jit(do_not_specialize=["n", "lo", "hi"])
+def _block_offsets_kernel(nbr_ptr, order_ptr, count_ptr, active_ptr, n, lo, hi, KV: tl.constexpr,
+                          SORTED: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr):
+    """One row block: the offsets in ``[lo, hi)`` any of its rows uses, compacted in increasing order."""
     b = tl.program_id(0)
     rows = b * BLOCK_M + tl.arange(0, BLOCK_M)
     live = rows < n
     if SORTED:
         rows = tl.load(order_ptr + rows, mask=live, other=0)
     k = tl.arange(0, KP)
-    tile = tl.load(nbr_ptr + rows.to(tl.int64)[:, None] * KV + k[None, :], mask=live[:, None] & (k < KV)[None, :],
+    mine = (k >= lo) & (k < hi)
+    tile = tl.load(nbr_ptr + rows.to(tl.int64)[:, None] * KV + k[None, :], mask=live[:, None] & mine[None, :],
                    other=-1)
     used = tl.max(tile, axis=0) >= 0
     slot = tl.cumsum(used.to(tl.int32), axis=0) - 1
@@ -65,29 +83,31 @@ def _block_offsets_kernel(nbr_ptr, order_ptr, count_ptr, active_ptr, n, KV: tl.c
     tl.store(active_ptr + b.to(tl.int64) * KV + slot, k, mask=used)
 
 
-def block_offsets(kmap: KernelMap, sort: bool, block_m: int) -> BlockOffsets:
-    """The :class:`BlockOffsets` of ``kmap`` for row blocks of ``block_m`` (mask-sorted rows when ``sort``):
-    one kernel launch over the table; the reverse of a symmetric map is its source's, flipped (built once)."""
+def block_offsets(kmap: KernelMap, sort: bool, block_m: int, group: int = 0, groups: int = 1) -> BlockOffsets:
+    """The :class:`BlockOffsets` of ``kmap`` for row blocks of ``block_m`` over the columns of ``group`` of
+    ``groups`` (:func:`group_columns`; rows sorted by those columns' mask when ``sort``): one kernel launch over
+    the table; the reverse of a symmetric map is its source's, flipped (built once)."""
 
     def build() -> BlockOffsets:
         source = kmap.mirror_of
         if source is not None:
             # the reverse of a symmetric map is its source with offsets mirrored (k -> K-1-k), rows in the same
             # order: the source's layout (built now if the source has none) serves with its offsets flipped
-            return dataclasses.replace(block_offsets(source, sort, block_m), flip=1)
+            return dataclasses.replace(block_offsets(source, sort, block_m, group, groups), flip=1)
         n, k = kmap.num_out, kmap.kernel_volume
+        lo, hi = group_columns(k, group, groups)
         dev = kmap.device
         blocks = -(-n // block_m)
-        order = kmap.sorted_order if sort else None
+        order = _group_order(kmap, lo, hi) if sort else None
         table = kmap.nbr.contiguous()
         count = torch.empty(blocks, dtype=torch.int32, device=dev)
         active = torch.empty((blocks, k), dtype=torch.int32, device=dev)
         if blocks:
-            _block_offsets_kernel[(blocks,)](table, count if order is None else order, count, active, n, KV=k,
-                                             SORTED=sort, BLOCK_M=block_m, KP=pow2_at_least(k), num_warps=4)
+            _block_offsets_kernel[(blocks,)](table, count if order is None else order, count, active, n, lo, hi,
+                                             KV=k, SORTED=sort, BLOCK_M=block_m, KP=pow2_at_least(k), num_warps=4)
         return BlockOffsets(table, order, count, active, 0)
 
-    return _cached(kmap, ("block_offsets", sort, block_m), build)
+    return _cached(kmap, ("block_offsets", sort, block_m, group, groups), build)
 
 
 @dataclass(frozen=True)
