@@ -158,7 +158,8 @@ def test_epilogue_matches_explicit(variant: str, c_in: int, c_out: int, dtype: t
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_offset_groups_match_explicit(variant: str, dtype: torch.dtype, poisoned: None) -> None:
     """Forward (with bias and ReLU) and input gradient in 2 and 3 column-group passes equal the explicit
-    algorithm: the first pass writes every row, the later ones add into theirs, the last applies ReLU."""
+    algorithm: the first pass writes every row, the later ones add into theirs, the last applies ReLU; on fp16
+    values near the smallest subnormal they equal one pass (partial sums in fp32)."""
     kmap = make_map(variant)
     for op in (Op.CONV_FWD, Op.CONV_DGRAD):
         a, b = operands(op, kmap, 17, 20, dtype)
@@ -167,6 +168,11 @@ def test_offset_groups_match_explicit(variant: str, dtype: torch.dtype, poisoned
         assert {p["offset_groups"] for p in points} == {2, 3}
         for params in points[:2] + points[-2:]:
             check(op, kmap, a, b, params)
+            if dtype == torch.float16:  # results near fp16's smallest values: partial sums must stay in fp32
+                tiny = a * 2 ** -21
+                one_pass = ALGO.run(op, {**params, "offset_groups": 1}, tiny, b, kmap)
+                err = relative_error(ALGO.run(op, params, tiny, b, kmap), one_pass.double())
+                assert err <= 1e-2, f"{params} on tiny values: {err:.3g} from one pass {seed_note()}"
             if op == Op.CONV_FWD:
                 bias = torch.randn(20, device=kmap.device).to(dtype)
                 ref = EXPLICIT.run(op, {"batch_below": 0}, a.double(), b.double(), kmap, bias.double(), True)

@@ -1,6 +1,7 @@
 """`implicit_gemm`: Triton implicit-GEMM convolution (forward, input gradient, weight gradient)."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterator
 
 import torch
@@ -208,7 +209,7 @@ def estimate_seconds(sig: Signature, p: Params) -> float:
             products = sig.num_pairs / (_GROUP_FILL[groups - 1] if p["sorted"] else _FILL[False])
             macs = products * _pad(c_red, block_k) * _pad(c_n, block_n)
             weight_reads = products / block_m * c_red * c_n
-            extra = (groups - 1) * (2 * n_rows * c_n * size / _DRAM_RATE + _LAUNCH_S)  # later passes' adds
+            extra = (groups - 1) * (2 * n_rows * c_n * 4 / _DRAM_RATE + _LAUNCH_S)  # the fp32 partial sums
         loads = (sig.num_pairs * c_red * col_tiles + weight_reads) * size
     fill = min(1.0, programs / (4 * sms))  # a few programs per multiprocessor hide the gathers' latency
     return (macs / rate + loads / _L2_RATE) / fill + extra
@@ -238,14 +239,28 @@ def propagate(src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, params: 
                                         *strides, int(bias is not None), int(relu), **common)
         return y
     groups = params["offset_groups"]
-    for group in range(groups):  # one pass per column group; the later ones add into y, the last applies ReLU
+    # the passes of several column groups keep their partial sums in fp32: y itself, or a workspace
+    part = y if y.dtype == torch.float32 else _fp32_rows(y.shape, y.device, groups > 1)
+    for group in range(groups):  # the first pass adds the bias, the last one writes y and applies ReLU
         lay = block_offsets(kmap, params["sorted"], block_m, group, groups)
         order = lay.order if lay.order is not None else lay.count
-        K.propagate_gather_kernel[grid](src, weight, y, bias_or_y, lay.table, order, lay.count, lay.active, n_rows,
-                                        c_red, c_n, kvol, lay.flip, *strides, int(bias is not None and group == 0),
-                                        int(relu and group == groups - 1), int(group > 0),
-                                        SORTED=lay.order is not None, **common)
+        last = group == groups - 1
+        K.propagate_gather_kernel[grid](src, weight, y, part, bias_or_y, lay.table, order, lay.count, lay.active,
+                                        n_rows, c_red, c_n, kvol, lay.flip, *strides,
+                                        int(bias is not None and group == 0), int(relu and last), int(group > 0),
+                                        int(not last), SORTED=lay.order is not None, **common)
     return y
+
+
+@functools.cache
+def _placeholder(device: torch.device) -> torch.Tensor:
+    """An fp32 tensor that stands for the partial sums a single pass never touches (one kernel signature)."""
+    return torch.zeros(1, dtype=torch.float32, device=device)
+
+
+def _fp32_rows(shape: torch.Size, device: torch.device, needed: bool) -> torch.Tensor:
+    """Partial sums of shape ``shape`` in fp32 where ``needed``, else :func:`_placeholder`."""
+    return torch.empty(shape, dtype=torch.float32, device=device) if needed else _placeholder(device)
 
 
 def weight_grad(x: torch.Tensor, dy: torch.Tensor, kmap: KernelMap, params: Params) -> torch.Tensor:
