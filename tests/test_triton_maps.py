@@ -5,6 +5,7 @@ On CPU the kernels run in Triton's interpreter (small sizes); the ``gpu`` tests 
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 from pathlib import Path
 
@@ -524,9 +525,11 @@ def test_scan_submanifold_maps_of_every_size_equal_torch_on_gpu(kernel: int) -> 
 @pytest.mark.parametrize("kernel, dilation", [(3, 1), (3, 2), (5, 1), (7, 1), (9, 1), ((7, 3, 5), (1, 2, 1))])
 def test_half_map_kernel_on_gpu(kernel, dilation) -> None:
     """The half-lookup kernel itself (bypassing the routing) against the PyTorch builder, up to 9x9x9 (Triton 3.6
-    miscompiled the in-kernel offset arithmetic it had before at 7x7x7)."""
-    src = scan_coords(0.1)
+    miscompiled the in-kernel offset arithmetic it had before at 7x7x7). From 7x7x7 on the scan is voxelized at
+    0.2 m (67k sites): the PyTorch builder's candidates at 0.1 m took 2 GiB, too much beside 13 other workers on
+    an 80 GiB GPU."""
     geom = submanifold_geometry(_t(kernel), _t(dilation))
+    src = scan_coords(0.1 if math.prod(geom.kernel_size) < 343 else 0.2)
     km_t, _ = build_kernel_map(src, geom, src.spatial_shape, src, "subm", builder="torch")
     own = fresh(src)
     nbr, _, count = triton_maps._half_map(own, geom, triton_maps.coord_table(own))

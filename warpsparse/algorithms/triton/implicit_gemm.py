@@ -59,8 +59,8 @@ def _propagate_default(sig: Signature) -> dict[str, Any]:
 def _offset_groups(kvol: int) -> tuple[int, ...]:
     """How many column groups a mask-sorted forward may run in: each group is a pass over the rows sorted by its
     own columns' mask, so blocks compute fewer absent (row, offset) products (for 3x3x3 on a LiDAR scan at
-    64-row blocks: 1.80x the pairs with one group, 1.26x with two, 1.09x with three) and every pass after the
-    first adds into the result."""
+    64-row blocks: 1.80x the pairs with one group, 1.26x with two, 1.09x with three); every pass after the
+    first adds into the partial sums (fp32), which costs their round trip through memory."""
     return (1, 2, 3) if kvol >= 27 else (1,)
 
 
