@@ -148,6 +148,24 @@ def test_first_tuning_is_a_short_round_of_the_most_promising_points(monkeypatch)
     assert winner in first and len(first) == 1 + search.ROUND_POINTS
 
 
+def test_a_first_round_times_points_the_estimate_tells_apart(monkeypatch):
+    # points 2k and 2k+1 share an estimate (another pipeline depth of one tile, say): besides the default the
+    # round takes one point of each other pair, the best estimates first, and the next tuning times the rest
+    fake = Fake("explicit_gemm", space={"tile": tuple(range(10))}, estimate=lambda p: 1.0 + 0.01 * (p["tile"] // 2))
+    use_registry(monkeypatch, fake)
+    monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "60000")
+    kmap = random_map()
+    a, b = operands(Op.CONV_FWD, kmap)
+    default = fake.default_params(Signature.of(Op.CONV_FWD, a, b, kmap))["tile"]
+    dispatch(Op.CONV_FWD, a, b, kmap)
+    timed = {c.params["tile"] for c in _entry().candidates if c.status == "ok"} - {default}
+    pairs = sorted({t // 2 for t in range(10)} - {default // 2})
+    assert len(timed) == search.ROUND_POINTS and sorted(t // 2 for t in timed) == pairs[:search.ROUND_POINTS]
+    reset()
+    dispatch(Op.CONV_FWD, a, b, kmap)
+    assert [c.status for c in _entry().candidates].count("ok") == 10
+
+
 def test_a_point_that_won_another_signature_is_not_pruned_by_its_estimate(monkeypatch):
     fake = Fake("explicit_gemm", cost_ms=lambda p: 1 + 12 * (p["tile"] != 2), space={"tile": (0, 1, 2)},
                 estimate=lambda p: 1.0)

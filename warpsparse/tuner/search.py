@@ -7,9 +7,10 @@ failed and never chosen. Results already in the cache are reused, only missing c
 
 With a finite budget the first tuning of an algorithm on a signature is a short round: its default point and the
 :data:`ROUND_POINTS` most promising points (winners of the cache's other signatures first, then by the
-algorithm's cost estimate); the rest wait, recorded as skipped, for the signature's next tuning (usually the
-next process), which times them within the budget. A new network's first call thus compiles and times a few
-points per signature, and the next run continues the search within the budget.
+algorithm's cost estimate, one per estimated time while there are others); the rest wait, recorded as skipped,
+for the signature's next tuning (usually the next process), which times them within the budget. A new network's
+first call thus compiles and times a few points per signature, and the next run continues the search within
+the budget.
 """
 from __future__ import annotations
 
@@ -348,13 +349,34 @@ def _plan(todo: list[Candidate], sig: Signature, proven: set[str], rounds: set[s
         pruned.extend(c for c in group if c.ident not in kept)
         keep.sort(key=lambda c: (not c.is_default, c.ident not in proven, estimates.get(c.ident, math.inf)))
         if name in rounds:
-            cut = sum(c.is_default for c in keep) + ROUND_POINTS
-            keep, later = keep[:cut], keep[cut:]
+            keep, later = _first_round(keep, estimates)
             deferred.extend(later)
         ordered_groups.append(keep)
     ordered = [g[i] for i in range(max((len(g) for g in ordered_groups), default=0))
                for g in ordered_groups if i < len(g)]
     return Plan(ordered, pruned, deferred)
+
+
+def _first_round(ranked: list[Candidate], estimates: dict[str, float]) -> tuple[list[Candidate], list[Candidate]]:
+    """(timed now, deferred): the defaults and :data:`ROUND_POINTS` more of ``ranked`` (in its order), one per
+    estimated time first: points the estimate cannot tell apart (other pipeline depths of one tile, say) would
+    spend the short round on one guess."""
+    chosen = [c for c in ranked if c.is_default]
+    others = [c for c in ranked if not c.is_default]
+    seen = {estimates[c.ident] for c in chosen if c.ident in estimates}
+    distinct = []
+    for c in others:
+        est = estimates.get(c.ident)
+        if est is None or est not in seen:
+            distinct.append(c)
+            if est is not None:
+                seen.add(est)
+    picks = {c.ident for c in distinct[:ROUND_POINTS]}
+    for c in others:  # fewer distinct estimates than the round holds: the next points in rank order
+        if len(picks) >= ROUND_POINTS:
+            break
+        picks.add(c.ident)
+    return chosen + [c for c in others if c.ident in picks], [c for c in others if c.ident not in picks]
 
 
 def benchmark(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Signature,
