@@ -15,6 +15,7 @@ import torch
 import warpsparse.algorithms.triton  # noqa: F401  (registers the Triton algorithms)
 from warpsparse.algorithms import Op, Signature, registry
 from warpsparse.algorithms.triton import common, implicit_gemm
+from warpsparse.algorithms.triton.layouts import block_offsets
 from warpsparse.coords.coord_set import CoordSet
 from warpsparse.coords.geometry import ConvGeometry, submanifold_geometry
 from warpsparse.coords.kernel_map import KernelMap
@@ -160,12 +161,15 @@ def test_offset_groups_match_explicit(variant: str, dtype: torch.dtype, poisoned
     """Forward (with bias and ReLU) and input gradient in 2 and 3 column-group passes equal the explicit
     algorithm: the first pass writes every row, the later ones add into theirs, the last applies ReLU; on fp16
     values near the smallest subnormal they equal one pass (partial sums in fp32)."""
-    kmap = make_map(variant)
+    kmap = make_map(variant, sites=300, shape=(16, 16, 16))  # sparse: later passes hold blocks without offsets
     for op in (Op.CONV_FWD, Op.CONV_DGRAD):
         a, b = operands(op, kmap, 17, 20, dtype)
         sig = Signature.of(op, a, b, kmap)
         points = [p for p in ALGO.param_space(sig).points() if p["offset_groups"] > 1]
         assert {p["offset_groups"] for p in points} == {2, 3}
+        if variant == "subm":  # the input gradient reads these layouts mirrored
+            idle = block_offsets(kmap, True, 64, 2, 3).count  # offsets 18-26 (the centre, 13, is in group 1)
+            assert int(idle.min()) == 0, "a later pass must have blocks that skip their rows"
         for params in points[:2] + points[-2:]:
             check(op, kmap, a, b, params)
             if dtype == torch.float16:  # results near fp16's smallest values: partial sums must stay in fp32
@@ -178,6 +182,28 @@ def test_offset_groups_match_explicit(variant: str, dtype: torch.dtype, poisoned
                 ref = EXPLICIT.run(op, {"batch_below": 0}, a.double(), b.double(), kmap, bias.double(), True)
                 err = relative_error(ALGO.run(op, params, a, b, kmap, bias, True), ref)
                 assert err <= TOLERANCE[dtype], f"{params}: {err:.3g} {seed_note()}"
+
+
+@pytest.mark.parametrize("op", [Op.CONV_FWD, Op.CONV_DGRAD], ids=lambda o: o.value)
+def test_offset_groups_past_62_offsets(op: Op, poisoned: None) -> None:
+    """A 5x5x5 submanifold map (125 offsets, groups past the mask's 62 exact bits) in 2 and 3 passes."""
+    src = CoordSet(random_coords(80, (7, 7, 7), 1).to(DEV), (7, 7, 7), 1)
+    kmap = build_kernel_map(src, submanifold_geometry((5, 5, 5), (1, 1, 1)), (7, 7, 7), out=src, kind="subm")[0]
+    a, b = operands(op, kmap, 16, 16, torch.float32)
+    points = [p for p in ALGO.param_space(Signature.of(op, a, b, kmap)).points() if p["offset_groups"] > 1]
+    for groups in (2, 3):
+        check(op, kmap, a, b, next(p for p in points if p["offset_groups"] == groups))
+
+
+def test_offset_groups_of_half_types_keep_their_workspace_within_the_operands() -> None:
+    """Half types keep the partial sums of several passes in an fp32 workspace: offered only where it is no
+    larger than the operands (a 16 -> 256 layer's would be 2x them); fp32 keeps them in the output."""
+    def groups(c_in: int, c_out: int, dtype: torch.dtype) -> set[int]:
+        sig = Signature(Op.CONV_FWD, 10**6, 10**6, c_in, c_out, 27, dtype, "cpu", 6 * 10**6)
+        return {p["offset_groups"] for p in ALGO.param_space(sig).points()}
+
+    assert groups(16, 256, torch.float16) == {1} and groups(16, 256, torch.float32) == {1, 2, 3}
+    assert groups(128, 128, torch.float16) == groups(256, 128, torch.bfloat16) == {1, 2, 3}
 
 
 @pytest.mark.parametrize("c_in,c_out", [(16, 8), (3, 5)])

@@ -166,6 +166,24 @@ def test_a_first_round_times_points_the_estimate_tells_apart(monkeypatch):
     assert [c.status for c in _entry().candidates].count("ok") == 10
 
 
+def test_a_first_round_keeps_a_point_that_won_elsewhere_whatever_its_estimate(monkeypatch):
+    # tile 7 wins; another signature's first round times it although the default (tile 0) has its estimate
+    fake = Fake("explicit_gemm", cost_ms=lambda p: 1 + 12 * (p["tile"] != 7), space={"tile": tuple(range(10))},
+                estimate=lambda p: 1.0 if p["tile"] in (0, 7) else 1.0 + 0.01 * p["tile"])
+    use_registry(monkeypatch, fake)
+    monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "inf")
+    kmap = random_map()
+    a, b = operands(Op.CONV_FWD, kmap)
+    assert fake.default_params(Signature.of(Op.CONV_FWD, a, b, kmap)) == {"tile": 0}
+    dispatch(Op.CONV_FWD, a, b, kmap)
+    assert _entry().winner.params == {"tile": 7}
+    monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "60000")
+    dispatch(Op.CONV_FWD, *operands(Op.CONV_FWD, kmap, c_in=9), kmap)
+    assert save_tuning_cache()
+    other = next(e for e in store.read_document(store.cache_file()).entries if e.key.signature.c_in == 9)
+    assert sorted(c.params["tile"] for c in other.candidates if c.status == "ok") == [0, 1, 2, 7]
+
+
 def test_a_point_that_won_another_signature_is_not_pruned_by_its_estimate(monkeypatch):
     fake = Fake("explicit_gemm", cost_ms=lambda p: 1 + 12 * (p["tile"] != 2), space={"tile": (0, 1, 2)},
                 estimate=lambda p: 1.0)
@@ -202,6 +220,21 @@ def test_points_new_to_a_signature_get_a_first_round_after_another_mode_tuned_it
     dispatch(Op.CONV_FWD, a, b, kmap)  # AUTO: implicit_gemm's points were never recorded
     status = [c.status for c in _entry().candidates if c.algorithm == "implicit_gemm"]
     assert status.count("ok") == 1 + search.ROUND_POINTS and status.count("skipped") == 10 - 1 - search.ROUND_POINTS
+
+
+def test_an_algorithm_whose_points_changed_gets_a_first_round(monkeypatch):
+    # a newer version's space names its points differently: the stored results match none of them
+    fake = Fake("explicit_gemm", space={"tile": tuple(range(10))})
+    use_registry(monkeypatch, fake)
+    monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "60000")
+    kmap = random_map()
+    a, b = operands(Op.CONV_FWD, kmap)
+    dispatch(Op.CONV_FWD, a, b, kmap)
+    reset()
+    fake.space = {"tile": tuple(range(10)), "groups": (1, 2)}
+    dispatch(Op.CONV_FWD, a, b, kmap)
+    status = [c.status for c in _entry().candidates if "groups" in c.params]
+    assert status.count("ok") == 1 + search.ROUND_POINTS and status.count("skipped") == 20 - 1 - search.ROUND_POINTS
 
 
 def test_compile_jobs_run_on_the_compile_threads_before_timing(monkeypatch):

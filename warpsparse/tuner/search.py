@@ -349,7 +349,7 @@ def _plan(todo: list[Candidate], sig: Signature, proven: set[str], rounds: set[s
         pruned.extend(c for c in group if c.ident not in kept)
         keep.sort(key=lambda c: (not c.is_default, c.ident not in proven, estimates.get(c.ident, math.inf)))
         if name in rounds:
-            keep, later = _first_round(keep, estimates)
+            keep, later = _first_round(keep, estimates, proven)
             deferred.extend(later)
         ordered_groups.append(keep)
     ordered = [g[i] for i in range(max((len(g) for g in ordered_groups), default=0))
@@ -357,21 +357,20 @@ def _plan(todo: list[Candidate], sig: Signature, proven: set[str], rounds: set[s
     return Plan(ordered, pruned, deferred)
 
 
-def _first_round(ranked: list[Candidate], estimates: dict[str, float]) -> tuple[list[Candidate], list[Candidate]]:
-    """(timed now, deferred): the defaults and :data:`ROUND_POINTS` more of ``ranked`` (in its order), one per
-    estimated time first: points the estimate cannot tell apart (other pipeline depths of one tile, say) would
-    spend the short round on one guess."""
+def _first_round(ranked: list[Candidate], estimates: dict[str, float],
+                 proven: set[str]) -> tuple[list[Candidate], list[Candidate]]:
+    """(timed now, deferred): the defaults and :data:`ROUND_POINTS` more of ``ranked`` (in its order), the
+    ``proven`` points (winners elsewhere) first, then one point per estimated time: points the estimate cannot
+    tell apart (other pipeline depths of one tile, say) would spend the short round on one guess."""
     chosen = [c for c in ranked if c.is_default]
     others = [c for c in ranked if not c.is_default]
-    seen = {estimates[c.ident] for c in chosen if c.ident in estimates}
-    distinct = []
+    seen = {estimates.get(c.ident) for c in chosen}
+    picks: set[str] = set()
     for c in others:
         est = estimates.get(c.ident)
-        if est is None or est not in seen:
-            distinct.append(c)
-            if est is not None:
-                seen.add(est)
-    picks = {c.ident for c in distinct[:ROUND_POINTS]}
+        if len(picks) < ROUND_POINTS and (c.ident in proven or est is None or est not in seen):
+            picks.add(c.ident)
+            seen.add(est)
     for c in others:  # fewer distinct estimates than the round holds: the next points in rank order
         if len(picks) >= ROUND_POINTS:
             break
@@ -436,8 +435,10 @@ def choose(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Signa
     new: dict[str, CandidateResult] = {}
     if todo:
         start = time.perf_counter()
-        # algorithms tuned on this signature for the first time (a retune searches every point again)
-        fresh = set() if retune else {c.algorithm.name for c in everything} - {r.algorithm for r in known.values()}
+        # algorithms none of whose points has a result here: tuned on this signature for the first time, or
+        # whose parameter space changed since (a retune searches every point again)
+        fresh = set() if retune else ({c.algorithm.name for c in everything}
+                                      - {c.algorithm.name for c in everything if c.ident in known})
         new = benchmark(op, a, b, kmap, sig, todo, settled, everything, store.winners_like(key), fresh)
         _log_tuned(sig, everything, {**settled, **new}, new, (time.perf_counter() - start) * 1e3)
     if new or restated:

@@ -2,7 +2,8 @@
 
 Propagation (forward, and input gradient over the reversed map with the weight transposed through its
 strides) is output stationary: a program owns ``BLOCK_M`` rows of the result and ``BLOCK_N`` of its channels,
-gathers source rows through the neighbour table and accumulates in fp32; every result row is stored once.
+gathers source rows through the neighbour table and accumulates in fp32; every result row is stored once per
+pass (one pass per offset group: later passes add into fp32 partial sums).
 The weight gradient reduces over pairs (per-offset chunks of the pair list) or over output rows (the packed
 form for few input channels) and leaves partial sums in a workspace or adds them atomically. Row counts are
 not specialized on, so the levels of a network share compiled kernels; nor is the forward epilogue (bias,

@@ -56,12 +56,16 @@ def _propagate_default(sig: Signature) -> dict[str, Any]:
             "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": _warps(block_m, block_n), "num_stages": 2}
 
 
-def _offset_groups(kvol: int) -> tuple[int, ...]:
-    """How many column groups a mask-sorted forward may run in: each group is a pass over the rows sorted by its
-    own columns' mask, so blocks compute fewer absent (row, offset) products (for 3x3x3 on a LiDAR scan at
-    64-row blocks: 1.80x the pairs with one group, 1.26x with two, 1.09x with three); every pass after the
-    first adds into the partial sums (fp32), which costs their round trip through memory."""
-    return (1, 2, 3) if kvol >= 27 else (1,)
+def _offset_groups(sig: Signature) -> tuple[int, ...]:
+    """How many column groups a mask-sorted forward or input gradient may run in: each group is a pass over the
+    rows sorted by its own columns' mask, so blocks compute fewer absent (row, offset) products (for 3x3x3 on a
+    LiDAR scan at 64-row blocks: 1.80x the pairs with one group, 1.26x with two, 1.09x with three); every pass
+    after the first adds into the partial sums (fp32), which costs their round trip through memory. Half types
+    keep them in a workspace, allowed where it is no larger than :func:`workspace_limit`."""
+    _, c_n, n_rows = _propagate_dims(sig)
+    if sig.kernel_volume < 27 or (sig.dtype.itemsize < 4 and n_rows * c_n * 4 > workspace_limit(sig)):
+        return (1,)
+    return (1, 2, 3)
 
 
 def _propagate_points(sig: Signature) -> Iterator[dict[str, Any]]:
@@ -76,7 +80,7 @@ def _propagate_points(sig: Signature) -> Iterator[dict[str, Any]]:
             if c_red >= 16:
                 for block_k in channel_tiles(c_red, 64) if block_n >= 16 else (16,):
                     if _fits(sig, block_m, block_n, block_k, stages):
-                        for groups in _offset_groups(sig.kernel_volume):
+                        for groups in _offset_groups(sig):
                             yield {"mode": "gather", "sorted": True, "offset_groups": groups, **point,
                                    "BLOCK_K": block_k}
             if c_red < PACKED_BELOW:

@@ -53,14 +53,19 @@ def group_columns(kvol: int, group: int, groups: int) -> tuple[int, int]:
 
 
 def _group_order(kmap: KernelMap, lo: int, hi: int) -> torch.Tensor:
-    """Output rows ordered by the mask of columns ``[lo, hi)`` alone (the map's mask sort for every column)."""
+    """Output rows ordered by the mask of columns ``[lo, hi)`` alone (the map's mask sort for every column;
+    cached on the map: the layouts of every block size share it)."""
     if (lo, hi) == (0, kmap.kernel_volume):
         return kmap.sorted_order
-    if hi <= 62:  # exact bits of the map's mask
-        mask = (kmap.mask >> lo) & ((1 << (hi - lo)) - 1)
-    else:
-        mask = offset_mask(kmap.nbr[:, lo:hi])
-    return mask_order(mask, hi - lo)
+
+    def build() -> torch.Tensor:
+        if hi <= 62:  # exact bits of the map's mask
+            mask = (kmap.mask >> lo) & ((1 << (hi - lo)) - 1)
+        else:
+            mask = offset_mask(kmap.nbr[:, lo:hi])
+        return mask_order(mask, hi - lo)
+
+    return _cached(kmap, ("group_order", lo, hi), build)
 
 
 @fast_launch
