@@ -170,9 +170,14 @@ _DRAM_RATE = 3e12
 # pairs over (row, offset) products computed when blocks skip offsets none of their rows use, measured on
 # a LiDAR scan at 0.1 m with 64-row blocks (mask-sorted rows, rows in map order)
 _FILL = {True: 0.5, False: 0.25}
-# the same for mask-sorted rows in 1, 2 or 3 column groups (see _offset_groups)
+# the same for mask-sorted rows in 1, 2 or 3 column groups (see _offset_groups), and the share of it that
+# 128-row blocks keep (0.92-0.95 on the scan)
 _GROUP_FILL = (0.5, 0.7, 0.8)
+_TALL_BLOCK_FILL = 0.93
 _LAUNCH_S = 5e-6
+# exact fp32 products (FMA) over propagation tiles wider than 64 x 64 ran slower per product on an H100 and an
+# H200 (scan, 128 and 256 channels: 64 x 128 1.14x, 128 x 128 1.22x the time of 64 x 64); rate x (4096/area)^0.2
+_FMA_TILE = 64 * 64
 
 
 def _pad(n: int, tile: int) -> int:
@@ -203,6 +208,8 @@ def estimate_seconds(sig: Signature, p: Params) -> float:
             extra = 2 * chunks * rows * sig.c_out * 4 / _DRAM_RATE + 1e-5
     else:
         c_red, c_n, n_rows = _propagate_dims(sig)
+        if size == 4 and not sig.tf32:
+            rate *= min(1.0, _FMA_TILE / (block_m * block_n)) ** 0.2
         col_tiles = cdiv(c_n, block_n)
         programs = cdiv(n_rows, block_m) * col_tiles
         if p["mode"] == "packed":
@@ -210,7 +217,8 @@ def estimate_seconds(sig: Signature, p: Params) -> float:
             weight_reads = programs * kvol * c_red * block_n
         else:
             groups = p["offset_groups"]
-            products = sig.num_pairs / (_GROUP_FILL[groups - 1] if p["sorted"] else _FILL[False])
+            fill = _GROUP_FILL[groups - 1] * (_TALL_BLOCK_FILL if block_m > 64 else 1.0)
+            products = sig.num_pairs / (fill if p["sorted"] else _FILL[False])
             macs = products * _pad(c_red, block_k) * _pad(c_n, block_n)
             weight_reads = products / block_m * c_red * c_n
             extra = (groups - 1) * (2 * n_rows * c_n * 4 / _DRAM_RATE + _LAUNCH_S)  # the fp32 partial sums
