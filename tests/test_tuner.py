@@ -199,13 +199,18 @@ def test_a_point_that_won_another_signature_is_not_pruned_by_its_estimate(monkey
     assert {c.params["tile"]: c.status for c in other.candidates}[2] == "ok" and other.winner.params == {"tile": 2}
 
 
-def test_retuning_times_every_point_within_the_budget(monkeypatch):
-    fake = Fake("explicit_gemm", space={"tile": tuple(range(10))})
+def _first_tuning(monkeypatch, fake):
+    """``fake`` alone in the registry, a finite budget, one forward tuned once: (kmap, a, b)."""
     use_registry(monkeypatch, fake)
     monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "60000")
     kmap = random_map()
     a, b = operands(Op.CONV_FWD, kmap)
-    dispatch(Op.CONV_FWD, a, b, kmap)  # a first tuning: one round
+    dispatch(Op.CONV_FWD, a, b, kmap)
+    return kmap, a, b
+
+
+def test_retuning_times_every_point_within_the_budget(monkeypatch):
+    kmap, a, b = _first_tuning(monkeypatch, Fake("explicit_gemm", space={"tile": tuple(range(10))}))  # one round
     assert [c.status for c in _entry().candidates].count("ok") == 1 + search.ROUND_POINTS
     pretune([Call(Op.CONV_FWD, a, b, kmap, mode_for(Op.CONV_FWD, None))], retune=True, progress=False)
     assert [c.status for c in _entry().candidates].count("ok") == 10
@@ -225,11 +230,7 @@ def test_points_new_to_a_signature_get_a_first_round_after_another_mode_tuned_it
 def test_an_algorithm_whose_points_changed_gets_a_first_round(monkeypatch):
     # a newer version's space names its points differently: the stored results match none of them
     fake = Fake("explicit_gemm", space={"tile": tuple(range(10))})
-    use_registry(monkeypatch, fake)
-    monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "60000")
-    kmap = random_map()
-    a, b = operands(Op.CONV_FWD, kmap)
-    dispatch(Op.CONV_FWD, a, b, kmap)
+    kmap, a, b = _first_tuning(monkeypatch, fake)
     reset()
     fake.space = {"tile": tuple(range(10)), "groups": (1, 2)}
     dispatch(Op.CONV_FWD, a, b, kmap)
