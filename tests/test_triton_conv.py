@@ -161,7 +161,7 @@ def test_offset_groups_match_explicit(variant: str, dtype: torch.dtype, poisoned
     """Forward (with bias and ReLU) and input gradient in 2 and 3 column-group passes equal the explicit
     algorithm: the first pass writes every row, the later ones add into theirs, the last applies ReLU; on fp16
     values near the smallest subnormal they equal one pass (partial sums in fp32)."""
-    kmap = make_map(variant, sites=300, shape=(16, 16, 16))  # sparse: later passes hold blocks without offsets
+    kmap = make_map(variant, sites=200, shape=(16, 16, 16))  # sparse: later passes hold blocks without offsets
     for op in (Op.CONV_FWD, Op.CONV_DGRAD):
         a, b = operands(op, kmap, 17, 20, dtype)
         sig = Signature.of(op, a, b, kmap)
@@ -170,7 +170,7 @@ def test_offset_groups_match_explicit(variant: str, dtype: torch.dtype, poisoned
         if variant == "subm":  # the input gradient reads these layouts mirrored
             idle = block_offsets(kmap, True, 64, 2, 3).count  # offsets 18-26 (the centre, 13, is in group 1)
             assert int(idle.min()) == 0, "a later pass must have blocks that skip their rows"
-        for params in points[:2] + points[-2:]:
+        for params in (points[0], points[-1]):  # two groups at the smallest tile, three at the largest
             check(op, kmap, a, b, params)
             if dtype == torch.float16:  # results near fp16's smallest values: partial sums must stay in fp32
                 tiny = a * 2 ** -21
@@ -221,10 +221,11 @@ def test_estimate_ranks_exact_fp32_points_as_measured(monkeypatch: pytest.Monkey
 @pytest.mark.parametrize("c_in,c_out", [(16, 8), (3, 5)])
 @pytest.mark.parametrize("op", CONV_OPS, ids=lambda o: o.value)
 def test_every_point(c_in: int, c_out: int, op: Op, poisoned: None) -> None:
-    """Every point of the space (gather and packed forms, FMA tiles, chunkings, both reductions) is right."""
+    """Every point of the space (gather and packed forms, FMA tiles, chunkings, both reductions) is right; the
+    passes of offset groups are tested by test_offset_groups_match_explicit."""
     kmap = make_map("subm", sites=64)
     a, b = operands(op, kmap, c_in, c_out, torch.float32)
-    points = list(ALGO.param_space(Signature.of(op, a, b, kmap)).points())
+    points = [p for p in ALGO.param_space(Signature.of(op, a, b, kmap)).points() if p.get("offset_groups", 1) == 1]
     assert 4 <= len(points) <= 48
     for params in points:
         check(op, kmap, a, b, params)
