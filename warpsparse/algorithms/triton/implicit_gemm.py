@@ -168,11 +168,10 @@ _MAC_RATE = {"half": 4e14, "tf32": 2e14, "ieee": 3e13}  # multiply-adds per seco
 _L2_RATE = 6e12  # bytes per second from L2 into the multiprocessors
 _DRAM_RATE = 3e12
 # pairs over (row, offset) products computed when blocks skip offsets none of their rows use, measured on
-# a LiDAR scan at 0.1 m with 64-row blocks (mask-sorted rows, rows in map order)
-_FILL = {True: 0.5, False: 0.25}
-# the same for mask-sorted rows in 1, 2 or 3 column groups (see _offset_groups), and the share of it that
-# 128-row blocks keep (0.92-0.95 on the scan)
-_GROUP_FILL = (0.5, 0.7, 0.8)
+# a LiDAR scan at 0.1 m with 64-row blocks: mask-sorted rows in 1, 2 or 3 column groups (see _offset_groups),
+# rows in map order; and the share of it that 128-row blocks keep (0.92-0.95 on the scan)
+_SORTED_FILL = (0.5, 0.7, 0.8)
+_UNSORTED_FILL = 0.25
 _TALL_BLOCK_FILL = 0.93
 _LAUNCH_S = 5e-6
 # exact fp32 products (FMA) over propagation tiles wider than 64 x 64 ran slower per product on an H100 and an
@@ -197,7 +196,7 @@ def estimate_seconds(sig: Signature, p: Params) -> float:
         if mode == "packed":
             rows, work, chunks = kvol * sig.c_in, sig.n_out, cdiv(sig.n_out, p["chunk"])
         elif mode == "rows":  # mask-sorted rows; steps that no row uses are skipped
-            rows, work, chunks = sig.c_in, int(sig.num_pairs / _FILL[True]), kvol * cdiv(sig.n_out, p["chunk"])
+            rows, work, chunks = sig.c_in, int(sig.num_pairs / _SORTED_FILL[0]), kvol * cdiv(sig.n_out, p["chunk"])
         else:
             rows, work, chunks = sig.c_in, sig.num_pairs, cdiv(sig.num_pairs, p["chunk"]) + kvol
         tiles = cdiv(rows, block_m) * cdiv(sig.c_out, block_n)
@@ -217,8 +216,8 @@ def estimate_seconds(sig: Signature, p: Params) -> float:
             weight_reads = programs * kvol * c_red * block_n
         else:
             groups = p["offset_groups"]
-            fill = _GROUP_FILL[groups - 1] * (_TALL_BLOCK_FILL if block_m > 64 else 1.0)
-            products = sig.num_pairs / (fill if p["sorted"] else _FILL[False])
+            fill = _SORTED_FILL[groups - 1] if p["sorted"] else _UNSORTED_FILL
+            products = sig.num_pairs / (fill * (_TALL_BLOCK_FILL if block_m > 64 else 1.0))
             macs = products * _pad(c_red, block_k) * _pad(c_n, block_n)
             weight_reads = products / block_m * c_red * c_n
             extra = (groups - 1) * (2 * n_rows * c_n * 4 / _DRAM_RATE + _LAUNCH_S)  # the fp32 partial sums
@@ -252,7 +251,12 @@ def propagate(src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, params: 
         return y
     groups = params["offset_groups"]
     # the passes of several column groups keep their partial sums in fp32: y itself, or a workspace
-    part = y if y.dtype == torch.float32 else _fp32_rows(y.shape, y.device, groups > 1)
+    if y.dtype == torch.float32:
+        part = y
+    elif groups > 1:
+        part = torch.empty(y.shape, dtype=torch.float32, device=y.device)
+    else:
+        part = _placeholder(y.device)
     for group in range(groups):  # the first pass adds the bias, the last one writes y and applies ReLU
         lay = block_offsets(kmap, params["sorted"], block_m, group, groups)
         order = lay.order if lay.order is not None else lay.count
@@ -268,11 +272,6 @@ def propagate(src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, params: 
 def _placeholder(device: torch.device) -> torch.Tensor:
     """An fp32 tensor that stands for the partial sums a single pass never touches (one kernel signature)."""
     return torch.zeros(1, dtype=torch.float32, device=device)
-
-
-def _fp32_rows(shape: torch.Size, device: torch.device, needed: bool) -> torch.Tensor:
-    """Partial sums of shape ``shape`` in fp32 where ``needed``, else :func:`_placeholder`."""
-    return torch.empty(shape, dtype=torch.float32, device=device) if needed else _placeholder(device)
 
 
 def weight_grad(x: torch.Tensor, dy: torch.Tensor, kmap: KernelMap, params: Params) -> torch.Tensor:
