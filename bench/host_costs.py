@@ -24,7 +24,7 @@ from bench import networks as nets  # noqa: E402
 from bench.timing import per_call  # noqa: E402
 from warpsparse import nn as wnn  # noqa: E402
 from warpsparse.algorithms.base import Op  # noqa: E402
-from warpsparse.algorithms.triton.layouts import block_offsets, pair_chunks, pair_indices  # noqa: E402
+from warpsparse.algorithms.triton.layouts import block_offsets, pair_chunks  # noqa: E402
 from warpsparse.coords.coord_set import CoordSet  # noqa: E402
 from warpsparse.coords.geometry import submanifold_geometry  # noqa: E402
 from warpsparse.coords.maps import build_kernel_map  # noqa: E402
@@ -55,7 +55,7 @@ def layout_steps_us(scan: nets.ScanInput, maps: int = 20) -> list[tuple[str, flo
         ("+ mask sort", lambda km: km.sorted_order),
         ("+ row blocks of 64 (sorted)", lambda km: block_offsets(km, True, 64)),
         ("+ pair list", lambda km: km.pairs),
-        ("+ pair chunks and int32 pairs", lambda km: (pair_chunks(km, 256), pair_indices(km))),
+        ("+ pair chunks", lambda km: pair_chunks(km, 256)),
     ]
     out, previous = [], 0.0
     for i, (name, _) in enumerate(steps):

@@ -460,6 +460,7 @@ def test_layouts_row_mask_reverse_sorted_and_pairs(kernel: tuple[int, int, int])
     assert torch.equal(km.sorted_nbr, km.nbr[order])
     p = km.pairs
     assert "counts" not in p.__dict__, "the host counts are read only when asked for"
+    assert p.in_idx.dtype == p.out_idx.dtype == torch.int32, "4 bytes per index: the lists live as long as the map"
     assert p.counts == tuple((km.nbr >= 0).sum(0).tolist()) and int(p.bounds[-1]) == sum(p.counts)
     assert bool((km.nbr[p.out_idx, p.offset_of_pair] == p.in_idx).all())
     assert bool((p.offset_of_pair[1:] >= p.offset_of_pair[:-1]).all())

@@ -13,19 +13,24 @@ Triple = tuple[int, int, int]
 class PairList:
     """Pairs of a map grouped by offset (CSR by offset).
 
-    ``in_idx[bounds[k]:bounds[k+1]]`` feed ``out_idx[...]`` through offset ``k``; ``offset_of_pair`` is the
-    offset of every pair. The device tensors are built without host reads; :attr:`counts` reads the bounds.
+    ``in_idx[bounds[k]:bounds[k+1]]`` feed ``out_idx[...]`` through offset ``k``. The device tensors are built
+    without host reads; :attr:`counts` reads the bounds.
     """
 
-    in_idx: torch.Tensor  # [P] int64
-    out_idx: torch.Tensor  # [P] int64
-    offset_of_pair: torch.Tensor  # [P] int64
+    in_idx: torch.Tensor  # [P] int32
+    out_idx: torch.Tensor  # [P] int32
     bounds: torch.Tensor  # [K+1] int64 on the map's device
 
     @cached_property
     def counts(self) -> tuple[int, ...]:
         """The per-offset pair counts on the host (one host read, on first use)."""
         return tuple(torch.diff(self.bounds).tolist())
+
+    @cached_property
+    def offset_of_pair(self) -> torch.Tensor:
+        """The offset of every pair ([P] int64), expanded from :attr:`bounds` without a host read."""
+        offsets = torch.arange(self.bounds.numel() - 1, device=self.bounds.device)
+        return torch.repeat_interleave(offsets, torch.diff(self.bounds), output_size=self.in_idx.numel())
 
 
 def _nonzero(valid: torch.Tensor, count: int) -> torch.Tensor:
@@ -116,10 +121,8 @@ class KernelMap:
         valid_t = (self.nbr >= 0).t()  # [K, N_out]
         bounds = torch.zeros(k + 1, dtype=torch.int64, device=self.device)
         torch.cumsum(valid_t.sum(dim=1), 0, out=bounds[1:])
-        where = _nonzero(valid_t, self.num_pairs)
-        offset_of_pair, out_idx = where[:, 0].contiguous(), where[:, 1].contiguous()
-        in_idx = self.nbr.t()[offset_of_pair, out_idx].long()
-        return PairList(in_idx, out_idx, offset_of_pair, bounds)
+        offset_of_pair, out_idx = _nonzero(valid_t, self.num_pairs).t()
+        return PairList(self.nbr.t()[offset_of_pair, out_idx], out_idx.to(torch.int32), bounds)
 
     @cached_property
     def num_pairs(self) -> int:
@@ -139,7 +142,7 @@ class KernelMap:
             else:
                 nbr_t = torch.full((self.num_in, self.kernel_volume), -1, dtype=torch.int32, device=self.device)
                 p = self.pairs
-                nbr_t[p.in_idx, p.offset_of_pair] = p.out_idx.to(torch.int32)
+                nbr_t[p.in_idx, p.offset_of_pair] = p.out_idx
             self._reverse = KernelMap(nbr_t, self.num_out, self.kernel_size, kind=f"{self.kind}_reversed",
                                       stride=self.stride, _reverse=self)
         return self._reverse

@@ -40,7 +40,7 @@ __global__ void ws_dw_fwd(const typename Num<DT>::T* __restrict__ x, const typen
 template <int DT, int VEC, int TXC, int TY>
 __global__ void __launch_bounds__(TXC* TY)
     ws_dw_wgrad(const typename Num<DT>::T* __restrict__ x, const typename Num<DT>::T* __restrict__ dy, void* out,
-                const long long* __restrict__ in_idx, const long long* __restrict__ out_idx,
+                const int* __restrict__ in_idx, const int* __restrict__ out_idx,
                 const long long* __restrict__ bounds, int kvol, int c, int splits, int mode) {
   using T = typename Num<DT>::T;
   using V = Vec<T, VEC>;
@@ -59,8 +59,8 @@ __global__ void __launch_bounds__(TXC* TY)
   for (int i = 0; i < VEC; ++i) acc[i] = 0.f;
   if (active) {
     for (long long p = pb + ty; p < pe; p += TY) {
-      const V xv = *reinterpret_cast<const V*>(x + in_idx[p] * c + c0);
-      const V gv = *reinterpret_cast<const V*>(dy + out_idx[p] * c + c0);
+      const V xv = *reinterpret_cast<const V*>(x + (long long)in_idx[p] * c + c0);
+      const V gv = *reinterpret_cast<const V*>(dy + (long long)out_idx[p] * c + c0);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) acc[i] = __fmaf_rn(Num<DT>::load(xv.v[i]), Num<DT>::load(gv.v[i]), acc[i]);
     }

@@ -340,7 +340,7 @@ struct SliceStore {
 template <int DT, int BM, int BN, int BK, int WM, int WN, int STAGES, int VA, int VB, bool MMA>
 __global__ void __launch_bounds__(WM* WN * 32)
     ws_conv_wgrad(const typename Num<DT>::T* __restrict__ x, const typename Num<DT>::T* __restrict__ dy, void* out,
-                  const long long* __restrict__ in_idx, const long long* __restrict__ out_idx,
+                  const int* __restrict__ in_idx, const int* __restrict__ out_idx,
                   const long long* __restrict__ bounds, int kvol, int c_in, int c_out, int splits, int mode) {
   using T = typename Num<DT>::T;
   constexpr int NT = WM * WN * 32;
@@ -369,11 +369,12 @@ __global__ void __launch_bounds__(WM* WN * 32)
     const long long p0 = pb + (long long)step * BK;
     load_tile<T, BK, BM, VA, NT>(
         As + stage * A_ELEMS, LDA,
-        [&](int r) -> const T* { return p0 + r < pe ? x + in_idx[p0 + r] * c_in : nullptr; }, m0, c_in, x, tid);
+        [&](int r) -> const T* { return p0 + r < pe ? x + (long long)in_idx[p0 + r] * c_in : nullptr; }, m0, c_in,
+        x, tid);
     load_tile<T, BK, BN, VB, NT>(
         Bs + stage * B_ELEMS, LDB,
-        [&](int r) -> const T* { return p0 + r < pe ? dy + out_idx[p0 + r] * c_out : nullptr; }, n0, c_out, dy,
-        tid);
+        [&](int r) -> const T* { return p0 + r < pe ? dy + (long long)out_idx[p0 + r] * c_out : nullptr; }, n0,
+        c_out, dy, tid);
   };
   auto compute = [&](int stage) { tile.step(As + stage * A_ELEMS, LDA, Bs + stage * B_ELEMS, LDB, tid); };
   pipeline<STAGES>(nsteps, load, compute);

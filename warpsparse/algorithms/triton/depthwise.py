@@ -10,7 +10,7 @@ from warpsparse.algorithms.base import (DEPTHWISE_OPS, MASK_SORT_MS, PAIR_CHUNKS
 from warpsparse.algorithms.triton import depthwise_kernels as K
 from warpsparse.algorithms.triton.common import (channel_tiles, chunk_lengths, device_limits, explicit_space, rows,
                                                  unsupported)
-from warpsparse.algorithms.triton.layouts import block_offsets, pair_chunks, pair_indices
+from warpsparse.algorithms.triton.layouts import block_offsets, pair_chunks
 from warpsparse.algorithms.triton.reduction import segment_sum
 from warpsparse.coords.kernel_map import KernelMap
 from warpsparse.triton_launch import cdiv
@@ -73,7 +73,8 @@ def weight_grad(x: torch.Tensor, dy: torch.Tensor, kmap: KernelMap, params: Para
     else:
         target = torch.empty(chunks.num_chunks, c, dtype=torch.float32, device=x.device)
     grid = (chunks.num_chunks, cdiv(c, block_c))
-    K.dw_wgrad_kernel[grid](x, dy, target, *pair_indices(kmap), chunks.start, chunks.stop, chunks.offset,
+    pairs = kmap.pairs
+    K.dw_wgrad_kernel[grid](x, dy, target, pairs.in_idx, pairs.out_idx, chunks.start, chunks.stop, chunks.offset,
                             c, x.stride(0), dy.stride(0), ATOMIC=atomic, BLOCK_P=params["BLOCK_P"], BLOCK_C=block_c,
                             num_warps=params["num_warps"], num_stages=params["num_stages"])
     if atomic:

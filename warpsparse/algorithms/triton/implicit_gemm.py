@@ -11,7 +11,7 @@ from warpsparse.algorithms.base import (CONV_OPS, MASK_SORT_MS, PAIR_CHUNKS_MS, 
 from warpsparse.algorithms.triton import conv_kernels as K
 from warpsparse.algorithms.triton.common import (channel_tiles, chunk_lengths, device_limits, dot_precision,
                                                  explicit_space, rows, unsupported, upcast_dots)
-from warpsparse.algorithms.triton.layouts import block_offsets, pair_chunks, pair_indices, split_bounds
+from warpsparse.algorithms.triton.layouts import block_offsets, pair_chunks, split_bounds
 from warpsparse.algorithms.triton.reduction import segment_sum
 from warpsparse.coords.kernel_map import KernelMap
 from warpsparse.triton_launch import cdiv, pow2_at_least
@@ -311,8 +311,9 @@ def weight_grad(x: torch.Tensor, dy: torch.Tensor, kmap: KernelMap, params: Para
                                   c_in, c_out, kvol, x.stride(0), dy.stride(0), **common)
     else:
         grid = (chunks.num_chunks, cdiv(c_in, block_m), cdiv(c_out, block_n))
-        K.wgrad_pairs_kernel[grid](x, dy, target, *pair_indices(kmap), chunks.start, chunks.stop,
-                                   chunks.offset, c_in, c_out, x.stride(0), dy.stride(0), **common)
+        pairs = kmap.pairs
+        K.wgrad_pairs_kernel[grid](x, dy, target, pairs.in_idx, pairs.out_idx, chunks.start, chunks.stop, chunks.offset,
+                                   c_in, c_out, x.stride(0), dy.stride(0), **common)
     if atomic:
         return target.to(x.dtype)
     result = torch.empty(shape, dtype=x.dtype, device=x.device)

@@ -186,9 +186,3 @@ def split_bounds(kmap: KernelMap, splits: int) -> torch.Tensor:
     """``[0, splits]`` on the map's device: one group holding every split (for the segment reduction)."""
     return _cached(kmap, ("split_bounds", splits),
                    lambda: torch.arange(2, dtype=torch.int64, device=kmap.device) * splits)
-
-
-def pair_indices(kmap: KernelMap) -> tuple[torch.Tensor, torch.Tensor]:
-    """Contiguous int32 copies of the pair list's ``in_idx`` and ``out_idx`` (offset-major order)."""
-    return _cached(kmap, "pair_indices", lambda: (kmap.pairs.in_idx.to(torch.int32).contiguous(),
-                                                  kmap.pairs.out_idx.to(torch.int32).contiguous()))
