@@ -23,3 +23,12 @@ def no_fallback(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     fallbacks = [r.getMessage() for r in caplog.records
                  if r.name == "warpsparse.tuner" and any(f in r.getMessage() for f in _FALLBACKS)]
     assert not fallbacks, f"the tuner replaced a candidate: {fallbacks}"
+
+
+@pytest.fixture(autouse=True)
+def _release_gpu_memory(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a GPU test, hand the memory PyTorch keeps cached back to the device: the GPU suite runs in many
+    worker processes on one card, and one worker's cache must not starve another's large test."""
+    yield
+    if request.node.get_closest_marker("gpu") is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
