@@ -24,6 +24,14 @@ def _warps(block_m: int, block_n: int) -> int:
     return 8 if block_m * block_n >= 128 * 128 else 4
 
 
+def _propagate_warps(sig: Signature, block_m: int, block_n: int) -> int:
+    """Warps of a propagation tile: as :func:`_warps`, except that 16-bit 128 x 128 tiles take 4 (H100, scan at
+    0.1 m, fp16: 0.234 against 0.290 ms at 128 channels, 0.79 against over 0.91 ms at 256)."""
+    if sig.dtype.itemsize == 2 and block_m * block_n == 128 * 128:
+        return 4
+    return _warps(block_m, block_n)
+
+
 def _fits(sig: Signature, block_m: int, block_n: int, block_k: int, stages: int) -> bool:
     """Tiles of one pipeline stage fit shared memory, and FMA tiles (under 16 wide) stay in registers."""
     size = sig.dtype.itemsize
@@ -53,7 +61,8 @@ def _propagate_default(sig: Signature) -> dict[str, Any]:
     packed = c_red < 16
     block_k = 32 if packed else channel_tiles(c_red, 64)[-1]
     return {"mode": "packed" if packed else "gather", "sorted": not packed, "offset_groups": 1, "BLOCK_M": block_m,
-            "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": _warps(block_m, block_n), "num_stages": 2}
+            "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": _propagate_warps(sig, block_m, block_n),
+            "num_stages": 2}
 
 
 def _offset_groups(sig: Signature) -> tuple[int, ...]:
@@ -75,7 +84,7 @@ def _propagate_points(sig: Signature) -> Iterator[dict[str, Any]]:
         yield {**default, "sorted": False}  # rows in map order: better locality, worse offset skipping
     for block_m, block_n in _row_tiles(sig, c_n):
         for stages in (2, 3):
-            point = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": _warps(block_m, block_n),
+            point = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": _propagate_warps(sig, block_m, block_n),
                      "num_stages": stages}
             if c_red >= 16:
                 for block_k in channel_tiles(c_red, 64) if block_n >= 16 else (16,):
