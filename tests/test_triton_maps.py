@@ -441,6 +441,21 @@ def test_unknown_builder_is_a_clear_error() -> None:
         build_kernel_map(src, ConvGeometry((2, 2, 2)), (2, 2, 2), builder="cuda")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("n,kv", [(0, 27), (1, 1), (37, 27), (23, 125), (9, 8)])
+def test_pair_list_kernels_equal_torch(n: int, kv: int, monkeypatch) -> None:
+    """The Triton pair lists (blocks of 4 rows, so that each column's run spans many blocks) equal the PyTorch
+    ones: columns in order, rows in order within a column, and the bounds of each column's run."""
+    monkeypatch.setattr(triton_hash, "INTERPRETER_LANES", 1)
+    monkeypatch.setattr(triton_maps, "PAIRS", triton_hash.Launch(4 * triton_maps.pow2_at_least(kv), 4))
+    nbr = torch.randint(0, 40, (n, kv), dtype=torch.int32)  # the test's fresh seed
+    nbr[torch.rand(n, kv) < 0.6] = -1
+    expected = KernelMap(nbr, 40, (kv, 1, 1)).pairs
+    in_idx, out_idx, bounds = triton_maps.pair_lists(nbr, int((nbr >= 0).sum()))
+    assert in_idx.dtype == out_idx.dtype == torch.int32 and bounds.dtype == torch.int64
+    assert torch.equal(in_idx, expected.in_idx) and torch.equal(out_idx, expected.out_idx)
+    assert torch.equal(bounds, expected.bounds)
+
+
 @pytest.mark.parametrize("kernel", [(3, 3, 3), (5, 5, 5), (1, 1, 1)])
 def test_layouts_row_mask_reverse_sorted_and_pairs(kernel: tuple[int, int, int]) -> None:
     """The Triton layout kernels and the lazily built layouts against direct computations."""
@@ -492,7 +507,12 @@ def fresh(cs: CoordSet) -> CoordSet:
 def test_scan_maps_equal_torch_on_gpu(voxel: float, batch: int) -> None:
     src = scan_coords(voxel, batch)
     subm = submanifold_geometry((3, 3, 3), (1, 1, 1))
-    check_same(*both_builders(src, subm, src.spatial_shape, src, "subm"))
+    built = both_builders(src, subm, src.spatial_shape, src, "subm")
+    check_same(*built)
+    km = built[2]  # the Triton pair lists at full scale against PyTorch's on the CPU
+    got, want = km.pairs, KernelMap(km.nbr.cpu(), km.num_in, km.kernel_size).pairs
+    assert torch.equal(got.in_idx.cpu(), want.in_idx) and torch.equal(got.out_idx.cpu(), want.out_idx)
+    assert torch.equal(got.bounds.cpu(), want.bounds)
     for geom in [ConvGeometry((2, 2, 2), (2, 2, 2)), ConvGeometry((3, 3, 3), (2, 2, 2), (1, 1, 1))]:
         out_shape = geom.output_shape(src.spatial_shape)
         km_t, out_t, km_x, out_x = both_builders(src, geom, out_shape)

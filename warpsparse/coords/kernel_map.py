@@ -33,16 +33,6 @@ class PairList:
         return torch.repeat_interleave(offsets, torch.diff(self.bounds), output_size=self.in_idx.numel())
 
 
-def _nonzero(valid: torch.Tensor, count: int) -> torch.Tensor:
-    """``valid.nonzero()`` when the count is known: no second host read (CUDA ``nonzero_static``, torch >= 2.6)."""
-    if count == 0:
-        return torch.zeros((0, valid.dim()), dtype=torch.int64, device=valid.device)
-    try:
-        return torch.nonzero_static(valid, size=count)
-    except NotImplementedError:
-        return valid.nonzero()
-
-
 def offset_mask(nbr: torch.Tensor) -> torch.Tensor:
     """Per row of a neighbour table [N, K], the int64 bitmask of its present columns (``nbr >= 0``); bit 62 also
     stands for every column past 62."""
@@ -114,14 +104,16 @@ class KernelMap:
 
     @cached_property
     def pairs(self) -> PairList:
-        """Per-offset pair lists (no host read beyond :attr:`num_pairs`, which they must agree with: the map's
-        sites are distinct, as :class:`~warpsparse.SparseTensor` checks)."""
-        k = self.kernel_volume
+        """Per-offset pair lists: on CUDA from Triton kernels without a host read beyond :attr:`num_pairs`, which
+        they must agree with (the map's sites are distinct, as :class:`~warpsparse.SparseTensor` checks)."""
+        if self.device.type == "cuda":
+            from warpsparse.coords.triton_maps import pair_lists
+            return PairList(*pair_lists(self.nbr, self.num_pairs))
         # offset-major order: transpose so pairs of one offset are contiguous
         valid_t = (self.nbr >= 0).t()  # [K, N_out]
-        bounds = torch.zeros(k + 1, dtype=torch.int64, device=self.device)
+        bounds = torch.zeros(self.kernel_volume + 1, dtype=torch.int64, device=self.device)
         torch.cumsum(valid_t.sum(dim=1), 0, out=bounds[1:])
-        offset_of_pair, out_idx = _nonzero(valid_t, self.num_pairs).t()
+        offset_of_pair, out_idx = valid_t.nonzero().t()
         return PairList(self.nbr.t()[offset_of_pair, out_idx], out_idx.to(torch.int32), bounds)
 
     @cached_property
