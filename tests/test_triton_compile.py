@@ -16,7 +16,8 @@ def test_every_kernel_compiles_for_sm90():
     compiled = {line.split()[1] for line in done.stdout.splitlines() if line.startswith("compiled ")}
     expected = {"_insert_kernel", "_lookup_kernel", "_map_kernel", "_half_map_kernel", "_discover_kernel",
                 "_first_lane_kernel", "_fill_lanes_kernel", "_number_kernel", "_spread_kernel", "_owner_kernel",
-                "_owned_fill_kernel", "_reverse_kernel", "_row_mask_kernel", "_pair_chunks_kernel",
+                "_owned_fill_kernel", "_reverse_kernel", "_row_mask_kernel", "_column_counts_kernel",
+                "_pair_fill_kernel", "_pair_chunks_kernel",
                 "_block_offsets_kernel",
                 "propagate_gather_kernel", "propagate_packed_kernel", "wgrad_pairs_kernel", "wgrad_packed_kernel",
                 "wgrad_rows_kernel", "segment_sum_kernel", "dw_propagate_kernel", "dw_wgrad_kernel",

@@ -97,6 +97,7 @@ def exercise() -> None:
     kmap = build_kernel_map(src, subm, src.spatial_shape, src, "subm", builder="torch")[0]
     triton_maps.reverse_table(kmap.nbr, kmap.num_in)
     triton_maps.row_mask(kmap.nbr)
+    triton_maps.pair_lists(kmap.nbr, kmap.num_pairs)
     n = kmap.num_in
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         for c_in, c_out in ((3, 32), (64, 64)):

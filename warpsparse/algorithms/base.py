@@ -102,8 +102,8 @@ PAIR_LIST_MS = 0.1
 #: The same for the mask sort behind mask-sorted rows (0.07 ms there), shared by the ops that walk them.
 MASK_SORT_MS = 0.04
 
-#: The same for cutting the pair list into chunks with int32 copies of its indices (0.29 ms there, when the
-#: chunks were laid out on the host: an upper bound now).
+#: The same for cutting the pair list into chunks (0.29 ms there, when the chunks were laid out on the host and
+#: the indices copied to int32: an upper bound now).
 PAIR_CHUNKS_MS = 0.15
 
 

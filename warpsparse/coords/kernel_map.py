@@ -26,9 +26,10 @@ class PairList:
         """The per-offset pair counts on the host (one host read, on first use)."""
         return tuple(torch.diff(self.bounds).tolist())
 
-    @cached_property
+    @property
     def offset_of_pair(self) -> torch.Tensor:
-        """The offset of every pair ([P] int64), expanded from :attr:`bounds` without a host read."""
+        """The offset of every pair ([P] int64), expanded from :attr:`bounds` at each use (not kept: 8 bytes a
+        pair) without a host read."""
         offsets = torch.arange(self.bounds.numel() - 1, device=self.bounds.device)
         return torch.repeat_interleave(offsets, torch.diff(self.bounds), output_size=self.in_idx.numel())
 

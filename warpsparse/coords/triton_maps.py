@@ -51,7 +51,7 @@ from warpsparse.triton_launch import cdiv, fast_launch, pow2_at_least
 MAP = Launch(256, 2)  # lanes = output rows x padded offsets per program of the map and row-mask kernels
 DISCOVER = Launch(128, 4)  # (input, kernel position) lanes per program of the output discovery and ownership
 ROWS = Launch(1024, 4)  # plain per-element kernels: numbering outputs, reversing maps
-PAIRS = Launch(2048, 4)  # table entries (rows x padded offsets) per program of the pair-list kernels
+PAIRS = Launch(2048, 4)  # table entries (rows x a tile of up to 32 offsets) per program of the pair-list kernels
 _MAX_LANES = 2**31 - 2**15  # lane indices of the last program (at most 2**14 lanes each) stay int32
 
 
@@ -443,32 +443,36 @@ def _reverse_kernel(nbr_ptr, rev_ptr, n, KV: tl.constexpr, BLOCK: tl.constexpr):
 
 @fast_launch
 @triton.jit(do_not_specialize=["n"])
-def _column_counts_kernel(nbr_ptr, counts_ptr, n, KV: tl.constexpr, ROWS: tl.constexpr, KP: tl.constexpr):
-    """Per block of ``ROWS`` table rows, the present entries of each column: ``counts[block, k]``."""
-    block = tl.program_id(0)
+def _column_counts_kernel(nbr_ptr, counts_ptr, n, KV: tl.constexpr, ROWS: tl.constexpr, KC: tl.constexpr):
+    """Per block of ``ROWS`` table rows, the present entries of each column (``counts[block, k]``), ``KC``
+    columns at a time."""
+    block = tl.program_id(0).to(tl.int64)
     rows = block * ROWS + tl.arange(0, ROWS)
-    k = tl.arange(0, KP)
-    v = tl.load(nbr_ptr + rows.to(tl.int64)[:, None] * KV + k[None, :],
-                mask=(rows < n)[:, None] & (k < KV)[None, :], other=-1)
-    tl.store(counts_ptr + block * KV + k, tl.sum((v >= 0).to(tl.int32), axis=0), mask=k < KV)
+    for c0 in range(0, KV, KC):
+        k = c0 + tl.arange(0, KC)
+        v = tl.load(nbr_ptr + rows[:, None] * KV + k[None, :], mask=(rows < n)[:, None] & (k < KV)[None, :],
+                    other=-1)
+        tl.store(counts_ptr + block * KV + k, tl.sum((v >= 0).to(tl.int32), axis=0), mask=k < KV)
 
 
 @fast_launch
-@triton.jit(do_not_specialize=["n"])
-def _pair_fill_kernel(nbr_ptr, start_ptr, in_ptr, out_ptr, n, KV: tl.constexpr, ROWS: tl.constexpr,
-                      KP: tl.constexpr):
+@triton.jit(do_not_specialize=["n", "num_pairs"])
+def _pair_fill_kernel(nbr_ptr, start_ptr, in_ptr, out_ptr, n, num_pairs, KV: tl.constexpr, ROWS: tl.constexpr,
+                      KC: tl.constexpr):
     """Each present entry ``nbr[o, k]`` of a block of rows written at its place in column ``k``'s run of the
     pair lists: the block's start there (``start[block, k]``) plus the present entries above it in the block."""
-    block = tl.program_id(0)
+    block = tl.program_id(0).to(tl.int64)
     rows = block * ROWS + tl.arange(0, ROWS)
-    k = tl.arange(0, KP)
-    v = tl.load(nbr_ptr + rows.to(tl.int64)[:, None] * KV + k[None, :],
-                mask=(rows < n)[:, None] & (k < KV)[None, :], other=-1)
-    present = (v >= 0).to(tl.int32)
-    start = tl.load(start_ptr + block * KV + k, mask=k < KV, other=0)
-    at = start[None, :] + (tl.cumsum(present, axis=0) - present)
-    tl.store(in_ptr + at, v, mask=present > 0)
-    tl.store(out_ptr + at, (rows[:, None] + 0 * k[None, :]).to(tl.int32), mask=present > 0)
+    for c0 in range(0, KV, KC):
+        k = c0 + tl.arange(0, KC)
+        v = tl.load(nbr_ptr + rows[:, None] * KV + k[None, :], mask=(rows < n)[:, None] & (k < KV)[None, :],
+                    other=-1)
+        present = (v >= 0).to(tl.int32)
+        start = tl.load(start_ptr + block * KV + k, mask=k < KV, other=0)
+        at = start[None, :] + (tl.cumsum(present, axis=0) - present)
+        write = (present > 0) & (at < num_pairs)
+        tl.store(in_ptr + at, v, mask=write)
+        tl.store(out_ptr + at, (rows[:, None] + 0 * k[None, :]).to(tl.int32), mask=write)
 
 
 def _geometry_args(geom: ConvGeometry) -> dict[str, int]:
@@ -748,22 +752,24 @@ def reverse_table(nbr: torch.Tensor, num_in: int) -> torch.Tensor:
 def pair_lists(nbr: torch.Tensor, num_pairs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(in_idx, out_idx, bounds)`` of :class:`~warpsparse.coords.kernel_map.PairList`: the present entries of
     ``nbr`` column by column, by row within a column (int32), and the columns' runs (int64 [K+1]). No host read
-    (``num_pairs`` must be the table's count) and no temporary larger than a per-block count."""
+    (``num_pairs`` must be the table's count; entries past it are not written); besides the lists, only the
+    per-block column counts and starts (12 bytes per block and column)."""
     require_runnable(nbr.device)
     n, kv = nbr.shape
     dev = nbr.device
-    kp = pow2_at_least(kv)
-    rows = max(1, PAIRS.lanes_on(dev) // kp)
+    kc = min(pow2_at_least(kv), 32)
+    rows = max(1, PAIRS.lanes_on(dev) // kc)
     blocks = cdiv(n, rows)
-    counts = torch.empty((blocks, kv), dtype=torch.int64, device=dev)
+    counts = torch.empty((blocks, kv), dtype=torch.int32, device=dev)
     bounds = torch.zeros(kv + 1, dtype=torch.int64, device=dev)
     in_idx = torch.empty(num_pairs, dtype=torch.int32, device=dev)
     out_idx = torch.empty(num_pairs, dtype=torch.int32, device=dev)
     if n:
         table = nbr.contiguous()
-        _column_counts_kernel[(blocks,)](table, counts, n, KV=kv, ROWS=rows, KP=kp, num_warps=PAIRS.warps)
-        torch.cumsum(counts.sum(0), 0, out=bounds[1:])
-        starts = torch.cumsum(counts, 0).sub_(counts).add_(bounds[:-1])  # each block's place in each column
-        _pair_fill_kernel[(blocks,)](table, starts, in_idx, out_idx, n, KV=kv, ROWS=rows, KP=kp,
+        _column_counts_kernel[(blocks,)](table, counts, n, KV=kv, ROWS=rows, KC=kc, num_warps=PAIRS.warps)
+        starts = torch.cumsum(counts, 0, dtype=torch.int64)
+        torch.cumsum(starts[-1], 0, out=bounds[1:])
+        starts.sub_(counts).add_(bounds[:-1])  # each block's place in each column
+        _pair_fill_kernel[(blocks,)](table, starts, in_idx, out_idx, n, num_pairs, KV=kv, ROWS=rows, KC=kc,
                                      num_warps=PAIRS.warps)
     return in_idx, out_idx, bounds

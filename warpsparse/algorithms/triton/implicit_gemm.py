@@ -24,9 +24,9 @@ def _warps(block_m: int, block_n: int) -> int:
     return 8 if block_m * block_n >= 128 * 128 else 4
 
 
-def _propagate_warps(sig: Signature, block_m: int, block_n: int) -> int:
-    """Warps of a propagation tile: as :func:`_warps`, except that 16-bit 128 x 128 tiles take 4 (H100, scan at
-    0.1 m, fp16: 0.234 against 0.290 ms at 128 channels, 0.79 against over 0.91 ms at 256)."""
+def _gather_warps(sig: Signature, block_m: int, block_n: int) -> int:
+    """Warps of a gather tile: as :func:`_warps`, except that 16-bit 128 x 128 tiles take 4 (H100, scan at
+    0.1 m, fp16, 3 stages: 0.234 against 0.290 ms at 128 channels, 0.79 against over 0.91 ms at 256)."""
     if sig.dtype.itemsize == 2 and block_m * block_n == 128 * 128:
         return 4
     return _warps(block_m, block_n)
@@ -61,8 +61,8 @@ def _propagate_default(sig: Signature) -> dict[str, Any]:
     packed = c_red < 16
     block_k = 32 if packed else channel_tiles(c_red, 64)[-1]
     return {"mode": "packed" if packed else "gather", "sorted": not packed, "offset_groups": 1, "BLOCK_M": block_m,
-            "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": _propagate_warps(sig, block_m, block_n),
-            "num_stages": 2}
+            "BLOCK_N": block_n, "BLOCK_K": block_k,
+            "num_warps": _warps(block_m, block_n) if packed else _gather_warps(sig, block_m, block_n), "num_stages": 2}
 
 
 def _offset_groups(sig: Signature) -> tuple[int, ...]:
@@ -84,18 +84,19 @@ def _propagate_points(sig: Signature) -> Iterator[dict[str, Any]]:
         yield {**default, "sorted": False}  # rows in map order: better locality, worse offset skipping
     for block_m, block_n in _row_tiles(sig, c_n):
         for stages in (2, 3):
-            point = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": _propagate_warps(sig, block_m, block_n),
-                     "num_stages": stages}
+            point = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_stages": stages}
             if c_red >= 16:
+                gather = {**point, "num_warps": _gather_warps(sig, block_m, block_n)}
                 for block_k in channel_tiles(c_red, 64) if block_n >= 16 else (16,):
                     if _fits(sig, block_m, block_n, block_k, stages):
                         for groups in _offset_groups(sig):
-                            yield {"mode": "gather", "sorted": True, "offset_groups": groups, **point,
+                            yield {"mode": "gather", "sorted": True, "offset_groups": groups, **gather,
                                    "BLOCK_K": block_k}
             if c_red < PACKED_BELOW:
+                packed = {**point, "num_warps": _warps(block_m, block_n)}
                 for block_k in (16, 32):
                     if _fits(sig, block_m, block_n, block_k, stages):
-                        yield {"mode": "packed", "sorted": False, "offset_groups": 1, **point, "BLOCK_K": block_k}
+                        yield {"mode": "packed", "sorted": False, "offset_groups": 1, **packed, "BLOCK_K": block_k}
 
 
 def _reduction_tiles(c: int) -> tuple[int, ...]:
