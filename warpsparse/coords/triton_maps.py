@@ -441,17 +441,24 @@ def _reverse_kernel(nbr_ptr, rev_ptr, n, KV: tl.constexpr, BLOCK: tl.constexpr):
     tl.store(rev_ptr + v.to(tl.int64) * KV + idx % KV, (idx // KV).to(tl.int32), mask=v >= 0)
 
 
+@triton.jit
+def _table_tile(nbr_ptr, block, c0, n, KV: tl.constexpr, ROWS: tl.constexpr, KC: tl.constexpr):
+    """``(rows, columns, entries)``: block ``block``'s ``ROWS`` rows of the table, columns ``c0`` to ``c0 + KC``
+    (-1 outside the table)."""
+    rows = block * ROWS + tl.arange(0, ROWS)
+    k = c0 + tl.arange(0, KC)
+    v = tl.load(nbr_ptr + rows[:, None] * KV + k[None, :], mask=(rows < n)[:, None] & (k < KV)[None, :], other=-1)
+    return rows, k, v
+
+
 @fast_launch
 @triton.jit(do_not_specialize=["n"])
 def _column_counts_kernel(nbr_ptr, counts_ptr, n, KV: tl.constexpr, ROWS: tl.constexpr, KC: tl.constexpr):
     """Per block of ``ROWS`` table rows, the present entries of each column (``counts[block, k]``), ``KC``
     columns at a time."""
     block = tl.program_id(0).to(tl.int64)
-    rows = block * ROWS + tl.arange(0, ROWS)
     for c0 in range(0, KV, KC):
-        k = c0 + tl.arange(0, KC)
-        v = tl.load(nbr_ptr + rows[:, None] * KV + k[None, :], mask=(rows < n)[:, None] & (k < KV)[None, :],
-                    other=-1)
+        _, k, v = _table_tile(nbr_ptr, block, c0, n, KV, ROWS, KC)
         tl.store(counts_ptr + block * KV + k, tl.sum((v >= 0).to(tl.int32), axis=0), mask=k < KV)
 
 
@@ -462,11 +469,8 @@ def _pair_fill_kernel(nbr_ptr, start_ptr, in_ptr, out_ptr, n, num_pairs, KV: tl.
     """Each present entry ``nbr[o, k]`` of a block of rows written at its place in column ``k``'s run of the
     pair lists: the block's start there (``start[block, k]``) plus the present entries above it in the block."""
     block = tl.program_id(0).to(tl.int64)
-    rows = block * ROWS + tl.arange(0, ROWS)
     for c0 in range(0, KV, KC):
-        k = c0 + tl.arange(0, KC)
-        v = tl.load(nbr_ptr + rows[:, None] * KV + k[None, :], mask=(rows < n)[:, None] & (k < KV)[None, :],
-                    other=-1)
+        rows, k, v = _table_tile(nbr_ptr, block, c0, n, KV, ROWS, KC)
         present = (v >= 0).to(tl.int32)
         start = tl.load(start_ptr + block * KV + k, mask=k < KV, other=0)
         at = start[None, :] + (tl.cumsum(present, axis=0) - present)
