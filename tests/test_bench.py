@@ -263,3 +263,17 @@ def test_first_call_breakdown_tiny_cpu(tmp_path):
     rows = [line for line in lines if "conv_fwd" in line or "conv_dgrad" in line or "conv_wgrad" in line]
     assert len(rows) == int(head[4]) and all("explicit_gemm" in row for row in rows)
     assert any(line.strip().startswith("reference") for line in lines)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tiles_gpu(tmp_path, monkeypatch):
+    """``bench/tiles.py`` times points checked against the explicit algorithm and lists the compiled variants'
+    tensor-core instructions."""
+    from bench import tiles
+
+    monkeypatch.setattr("sys.argv", ["tiles.py", "--channels", "64", "--out", str(tmp_path)])
+    tiles.main()
+    result = json.loads((tmp_path / "tiles.json").read_text())
+    assert result["points"] and all(r["rel_error"] < 1e-2 and r["ms"] > 0 for r in result["points"])
+    assert any(v["wgmma"] + v["mma_sync"] > 0 and None not in v["tile"] for v in result["variants"])
