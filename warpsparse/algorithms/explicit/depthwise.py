@@ -24,13 +24,14 @@ class ExplicitDepthwise(Algorithm):
     def run(self, op: Op, params: Params, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap,
             bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
         p = kmap.pairs
+        offsets = p.offset_of_pair  # expanded once: the list does not keep it
         acc = accumulation_dtype(a.dtype)
         if op == Op.DW_FWD:
             src, src_idx, dst_idx, rows = a, p.in_idx, p.out_idx, kmap.num_out
         elif op == Op.DW_DGRAD:
             src, src_idx, dst_idx, rows = a, p.out_idx, p.in_idx, kmap.num_in
         elif op == Op.DW_WGRAD:
-            src, src_idx, dst_idx, rows = a, p.in_idx, p.offset_of_pair, kmap.kernel_volume
+            src, src_idx, dst_idx, rows = a, p.in_idx, offsets, kmap.kernel_volume
         else:
             raise ValueError(f"{self.name} does not implement {op.value}")
         out = torch.zeros(rows, a.shape[1], dtype=acc, device=a.device)
@@ -40,7 +41,7 @@ class ExplicitDepthwise(Algorithm):
             if op == Op.DW_WGRAD:
                 prod = a[p.in_idx[start:stop]].to(acc) * b[p.out_idx[start:stop]].to(acc)
             else:
-                prod = src[src_idx[start:stop]].to(acc) * b[p.offset_of_pair[start:stop]].to(acc)
+                prod = src[src_idx[start:stop]].to(acc) * b[offsets[start:stop]].to(acc)
             out.index_add_(0, dst_idx[start:stop], prod)
         if op == Op.DW_FWD:
             epilogue(out, None if bias is None else bias.to(acc), relu)
