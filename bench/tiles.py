@@ -27,15 +27,18 @@ from bench.layers import DTYPES, layer_map, median_ms, operands  # noqa: E402
 from bench.timing import environment  # noqa: E402
 from warpsparse.algorithms import Op, Signature, registry  # noqa: E402
 from warpsparse.algorithms.triton import conv_kernels  # noqa: E402
+from warpsparse.coords.kernel_map import KernelMap  # noqa: E402
 
 #: (BLOCK_M, BLOCK_N, num_warps, num_stages) tried beside the space's points (kept where BLOCK_N <= channels)
 EXTRA = ((64, 128, 8, 3), (128, 128, 8, 4), (128, 128, 4, 3), (128, 256, 8, 3), (64, 256, 8, 3), (64, 128, 4, 4),
          (256, 128, 8, 3))
 
 
-def points(c: int, dtype: torch.dtype, a: torch.Tensor, b: torch.Tensor) -> list[dict[str, Any]]:
-    """The space's mask-sorted one-group gather points with BLOCK_K 64, then :data:`EXTRA` (no repeats)."""
-    sig = Signature.of(Op.CONV_FWD, a, b, layer_map("subm"))
+def points(a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> list[dict[str, Any]]:
+    """The space's mask-sorted one-group gather points with BLOCK_K 64 for the forward ``(a, b)`` over ``kmap``,
+    then :data:`EXTRA` (no repeats)."""
+    sig = Signature.of(Op.CONV_FWD, a, b, kmap)
+    c = sig.c_out
     listed = [p for p in registry.get("implicit_gemm").param_space(sig).points()
               if p["mode"] == "gather" and p["sorted"] and p["offset_groups"] == 1 and p["BLOCK_K"] == 64]
     base = dict(mode="gather", sorted=True, offset_groups=1, BLOCK_K=64)
@@ -53,7 +56,7 @@ def time_points(c: int, dtype: torch.dtype) -> list[dict[str, Any]]:
                          a.float(), b.float(), kmap)
     algo = registry.get("implicit_gemm")
     rows = []
-    for p in points(c, dtype, a, b):
+    for p in points(a, b, kmap):
         got = algo.run(Op.CONV_FWD, p, a, b, kmap).float()
         error = float((got - want).norm() / want.norm())
         rows.append({"channels": c, **p, "ms": median_ms(lambda: algo.run(Op.CONV_FWD, p, a, b, kmap)),
