@@ -140,6 +140,22 @@ def test_full_table_keeps_answering_and_refuses_more(packed: bool) -> None:
 
 
 @pytest.mark.parametrize("packed", [False, True])
+def test_a_table_over_given_slots_counts_their_keys_and_refuses_an_overfull_one(packed: bool) -> None:
+    """Slots handed in (not allocated) may already hold keys: they count against the load, and slots past
+    :data:`MAX_LOAD` are refused (a probe for an absent key there might never meet a free slot)."""
+    table = HashTable.allocate(8, DEV, packed=packed)
+    table.insert(torch.tensor([3, 11, 4], dtype=torch.int64, device=DEV))
+    again = HashTable(table.slots.clone())
+    assert again.reserved == 3
+    assert again.lookup(torch.tensor([11, 5], dtype=torch.int64, device=DEV)).tolist() == [1, -1]
+    with pytest.raises(ValueError, match="no room for 6 more"):
+        again.insert(torch.arange(20, 26, dtype=torch.int64, device=DEV))
+    full = torch.zeros((MIN_CAPACITY,) if packed else (MIN_CAPACITY, 2), dtype=torch.int64, device=DEV)
+    with pytest.raises(ValueError, match=f"slots hold {MIN_CAPACITY} keys in {MIN_CAPACITY} slots, past the load"):
+        HashTable(full)
+
+
+@pytest.mark.parametrize("packed", [False, True])
 def test_a_repeated_key_keeps_its_first_value(packed: bool) -> None:
     table = HashTable.allocate(16, DEV, packed=packed)
     table.insert(torch.tensor([7, 9], dtype=torch.int64, device=DEV))

@@ -186,10 +186,12 @@ class HashTable:
     ``slots`` is ``[capacity, 2]`` int64 (key, value), or ``[capacity]`` int64 words ``key << 32 | value`` in a
     packed table (:attr:`packed`: keys below :data:`PACKED_KEYS`); ``reserved`` is the host-side upper bound on
     keys that may have been inserted, which keeps the load <= :data:`MAX_LOAD` without reading the device.
+    Left ``None``, it is the count of occupied slots (one host read), which must be within that load: probes
+    of a fuller table might never meet a free slot.
     """
 
     slots: torch.Tensor
-    reserved: int = 0
+    reserved: int | None = None
 
     def __post_init__(self) -> None:
         require_runnable(self.slots.device)
@@ -199,6 +201,13 @@ class HashTable:
             raise ValueError(f"slots must be an int64 [capacity, 2] (or packed: [capacity]) tensor with a "
                              f"power-of-two capacity >= {MIN_CAPACITY}, got {self.slots.dtype} "
                              f"{tuple(self.slots.shape)}")
+        if self.reserved is None:
+            keys = self.slots if self.packed else self.slots[:, 0]
+            self.reserved = int((keys != EMPTY).sum())
+            if self.reserved > cap * MAX_LOAD:
+                raise ValueError(f"slots hold {self.reserved} keys in {cap} slots, past the load {MAX_LOAD} a table "
+                                 "allows (a probe for an absent key might never end); rebuild the keys into a table "
+                                 f"of capacity >= {table_capacity(self.reserved, MAX_LOAD)}")
 
     @classmethod
     def allocate(cls, max_keys: int, device: torch.device | str, max_load: float = MAX_LOAD,
@@ -206,7 +215,7 @@ class HashTable:
         """An empty table sized for ``max_keys`` keys at load <= ``max_load`` (``packed``: keys below
         :data:`PACKED_KEYS`, in one word per slot)."""
         cap = table_capacity(max_keys, max_load)
-        return cls(torch.full((cap,) if packed else (cap, 2), EMPTY, dtype=torch.int64, device=device))
+        return cls(torch.full((cap,) if packed else (cap, 2), EMPTY, dtype=torch.int64, device=device), 0)
 
     @property
     def capacity(self) -> int:
