@@ -1,7 +1,7 @@
 """Tile points of the Triton forward kernel on the scan's submanifold map: their times and the MMA instructions
 each compiled variant issues.
 
-    python3 bench/tiles.py [--channels 128 256] [--dtype fp16] [--out DIR]
+    python3 bench/tiles.py [--channels 128 256] [--dtype fp16] [--out DIR] [--sm90]
 
 For each channel count: the mask-sorted, one-group ``implicit_gemm`` forward points of the parameter space with
 64-channel reduction tiles, plus tiles beyond the space (:data:`EXTRA`), each checked against ``explicit_gemm``
@@ -9,25 +9,34 @@ and timed with triton's ``do_bench`` (median). Then, per compiled variant of ``p
 tile, warps, stages, registers, spilled registers, shared memory and the PTX counts of Hopper's warpgroup MMA
 (``wgmma.mma_async``), the older ``mma.sync`` and ``cp.async`` copies. Writes ``tiles.json`` and prints both
 tables (Markdown). Needs CUDA.
+
+With ``--sm90`` it needs no GPU: each point (the space as on an H100) is compiled for sm_90 on this machine, with
+the specialization a real launch gets, and its registers, stack bytes (spilled registers) and MMA counts are
+listed (``tiles_sm90.json``). The compiler is this machine's Triton, which may differ from the GPU machine's.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.layers import DTYPES, layer_map, median_ms, operands  # noqa: E402
+from bench.sm90 import compile_launch, compile_request, recording, resources  # noqa: E402
 from bench.timing import environment  # noqa: E402
 from warpsparse.algorithms import Op, Signature, registry  # noqa: E402
-from warpsparse.algorithms.triton import conv_kernels  # noqa: E402
+from warpsparse.algorithms.triton import conv_kernels, implicit_gemm  # noqa: E402
+from warpsparse.coords.coord_set import CoordSet  # noqa: E402
+from warpsparse.coords.geometry import submanifold_geometry  # noqa: E402
 from warpsparse.coords.kernel_map import KernelMap  # noqa: E402
+from warpsparse.coords.maps import build_kernel_map  # noqa: E402
 
 #: (BLOCK_M, BLOCK_N, num_warps, num_stages) tried beside the space's points (kept where BLOCK_N <= channels)
 EXTRA = ((64, 128, 8, 3), (128, 128, 8, 4), (128, 128, 4, 3), (128, 256, 8, 3), (64, 256, 8, 3), (64, 128, 4, 4),
@@ -64,19 +73,60 @@ def time_points(c: int, dtype: torch.dtype) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["ms"])
 
 
+def instructions(kernel: Any) -> dict[str, int]:
+    """PTX counts of a compiled kernel's warpgroup MMAs, ``mma.sync`` and ``cp.async`` copies, and its shared
+    memory bytes."""
+    ptx = kernel.asm.get("ptx", "")
+    return {"shared_bytes": kernel.metadata.shared, "wgmma": ptx.count("wgmma.mma_async"),
+            "mma_sync": ptx.count("mma.sync"), "cp_async": ptx.count("cp.async.cg") + ptx.count("cp.async.ca")}
+
+
 def compiled_variants() -> list[dict[str, Any]]:
     """Per compiled ``propagate_gather_kernel`` variant: its tile (the keyword arguments of its launch key),
     launch options, registers and PTX instruction counts."""
     out = []
     for key, entry in conv_kernels.propagate_gather_kernel.compiled.items():
         kernel = entry.kernel
-        ptx, meta = kernel.asm.get("ptx", ""), kernel.metadata
         named = dict(item for item in key if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str))
         out.append({"tile": [named.get(k) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")],
-                    "num_warps": meta.num_warps, "num_stages": meta.num_stages, "shared_bytes": meta.shared,
+                    "num_warps": kernel.metadata.num_warps, "num_stages": kernel.metadata.num_stages,
                     "registers": getattr(kernel, "n_regs", None), "spilled": getattr(kernel, "n_spills", None),
-                    "wgmma": ptx.count("wgmma.mma_async"), "mma_sync": ptx.count("mma.sync"),
-                    "cp_async": ptx.count("cp.async.cg") + ptx.count("cp.async.ca")})
+                    **instructions(kernel)})
+    return out
+
+
+@contextlib.contextmanager
+def h100_limits() -> Iterator[None]:
+    """Inside, ``implicit_gemm`` sizes its space for an H100 (132 multiprocessors, 227 KB of shared memory a
+    block) whatever the device."""
+    limits = implicit_gemm.device_limits
+    implicit_gemm.device_limits = lambda device_type: (132, 227 * 1024)
+    try:
+        yield
+    finally:
+        implicit_gemm.device_limits = limits
+
+
+def sm90_variants(channels: list[int], dtype: torch.dtype) -> list[dict[str, Any]]:
+    """Per channel count and point of :func:`points` (the space as on an H100): the forward kernel compiled for
+    sm_90 on this machine, with a launch's specialization: registers, stack bytes and :func:`instructions`."""
+    gen = torch.Generator().manual_seed(0)
+    flat = torch.randperm(16 ** 3, generator=gen)[:600]
+    coords = torch.stack([torch.zeros_like(flat), flat // 256, flat // 16 % 16, flat % 16], 1).int()
+    sites = CoordSet(coords, (16, 16, 16), 1)
+    kmap = build_kernel_map(sites, submanifold_geometry((3, 3, 3), (1, 1, 1)), sites.spatial_shape, sites,
+                            "subm")[0]
+    algo, out = registry.get("implicit_gemm"), []
+    for c in channels:
+        a, b = torch.randn(kmap.num_in, c).to(dtype), torch.randn(kmap.kernel_volume, c, c).to(dtype)
+        with h100_limits():
+            listed = points(a, b, kmap)
+        for p in listed:
+            with recording() as calls:
+                algo.run(Op.CONV_FWD, p, a, b, kmap)
+            fn, args, kwargs = next(call for call in calls if call[0] is conv_kernels.propagate_gather_kernel.fn)
+            kernel = compile_launch(fn, *compile_request(fn, args, kwargs, specialize=True))
+            out.append({"channels": c, **p, **resources(kernel), **instructions(kernel)})
     return out
 
 
@@ -85,11 +135,23 @@ def main() -> None:
     ap.add_argument("--channels", type=int, nargs="+", default=[128, 256])
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results"))
+    ap.add_argument("--sm90", action="store_true", help="compile each point for sm_90 here (no GPU needed) and "
+                    "list its registers and spills instead of timing it")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("bench/tiles.py needs a CUDA device")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.sm90:
+        compiled = sm90_variants(args.channels, DTYPES[args.dtype])
+        (out / "tiles_sm90.json").write_text(json.dumps({"dtype": args.dtype, "variants": compiled}, indent=1))
+        print("| channels | BLOCK_M x BLOCK_N x BLOCK_K | warps | stages | registers | stack bytes | wgmma | mma.sync |\n"
+              "|---|---|---|---|---|---|---|---|")
+        for v in compiled:
+            print(f"| {v['channels']} | {v['BLOCK_M']} x {v['BLOCK_N']} x {v['BLOCK_K']} | {v['num_warps']} | "
+                  f"{v['num_stages']} | {v['registers']} | {v['stack_bytes']} | "
+                  f"{v['wgmma']} | {v['mma_sync']} |")
+        return
+    if not torch.cuda.is_available():
+        sys.exit("bench/tiles.py needs a CUDA device (or --sm90)")
     timed = [row for c in args.channels for row in time_points(c, DTYPES[args.dtype])]
     variants = compiled_variants()
     (out / "tiles.json").write_text(json.dumps({"environment": environment(torch.device("cuda")), "dtype": args.dtype,

@@ -6,6 +6,10 @@ importable, spconv, whose outputs must agree with warpsparse's on the same voxel
 import importlib.util
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +18,8 @@ from bench import networks as nets
 from bench import report
 from bench.run import main
 from warpsparse.demo import load_scan, rotation_angles
+
+ROOT = Path(__file__).resolve().parents[1]
 
 WORKLOADS = "tuning,spconv_net,batch4,regret,layers,maps"
 
@@ -277,3 +283,17 @@ def test_tiles_gpu(tmp_path, monkeypatch):
     result = json.loads((tmp_path / "tiles.json").read_text())
     assert result["points"] and all(r["rel_error"] < 1e-2 and r["ms"] > 0 for r in result["points"])
     assert any(v["wgmma"] + v["mma_sync"] > 0 and None not in v["tile"] for v in result["variants"])
+
+
+def test_tiles_sm90_lists_registers_without_a_gpu(tmp_path):
+    """``bench/tiles.py --sm90`` compiles the forward kernel's tile points for sm_90 on the CPU (in a process of
+    its own: the interpreter, which this suite runs under, compiles nothing) and lists each one's registers,
+    spills and tensor-core instructions."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "tiles.py"), "--sm90", "--channels", "64",
+                           "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    variants = json.loads((tmp_path / "tiles_sm90.json").read_text())["variants"]
+    assert {(v["BLOCK_M"], v["BLOCK_N"]) for v in variants} == {(64, 32), (64, 64), (128, 32), (128, 64)}
+    assert all(0 < v["registers"] <= 255 and v["stack_bytes"] >= 0 and v["wgmma"] > 0 for v in variants)
+    assert "| 64 | 128 x 64 x 64 | 4 | 3 |" in done.stdout

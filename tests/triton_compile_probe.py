@@ -14,57 +14,22 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import torch
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
-from warpsparse import triton_launch
+from bench.sm90 import TARGET, Launch, compile_launch, compile_request, recording
 from warpsparse.algorithms.base import Op, Signature
 from warpsparse.coords import triton_hash, triton_maps
 from warpsparse.coords.coord_set import CoordSet
 from warpsparse.coords.geometry import ConvGeometry, submanifold_geometry
 from warpsparse.coords.maps import build_kernel_map
 
-TARGET = GPUTarget("cuda", 90, 32)
-OPTIONS = ("num_warps", "num_stages")
-_TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64",
-          torch.int32: "*i32", torch.int64: "*i64", torch.int8: "*i8", torch.bool: "*i1"}
 
-calls: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = []
-
-
-def _record(self: triton_launch.FastLaunch, grid: tuple[int, ...], args: tuple[Any, ...],
-            kwargs: dict[str, Any]) -> None:
-    calls.append((self.fn, args, kwargs))
-    values = dict(zip(self.fn.arg_names, args))
-    if "stats_ptr" in values:  # as if every lane were a pair and its own output, so that the fills launch too
+def _fill_stats(launch: Launch) -> None:
+    """As if every lane were a pair and its own output, so that the map fills after a discovery launch too."""
+    fn, args, _ = launch
+    values = dict(zip(fn.arg_names, args))
+    if "stats_ptr" in values:
         n = values["n_lanes"]
         values["stats_ptr"].fill_(n << 32 | n)
-
-
-def _arg_type(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return _TYPES[value.dtype]
-    if isinstance(value, bool):
-        return "i1"
-    if isinstance(value, int):
-        return "i32" if -2**31 <= value < 2**31 else "i64"
-    if isinstance(value, float):
-        return "fp32"
-    raise TypeError(f"no Triton type for {type(value).__name__}")
-
-
-def compile_request(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict, dict, dict]:
-    """(signature, constexprs, options) of one recorded launch, as Triton's compiler takes them."""
-    values = dict(zip(fn.arg_names, args)) | {k: v for k, v in kwargs.items() if k not in OPTIONS}
-    signature, constexprs = {}, {}
-    for param in fn.params:
-        value = values[param.name]
-        if param.is_constexpr:
-            signature[param.name], constexprs[param.name] = "constexpr", value
-        else:
-            signature[param.name] = _arg_type(value)
-    return signature, constexprs, {k: kwargs[k] for k in OPTIONS if k in kwargs}
 
 
 def exercise() -> None:
@@ -108,7 +73,8 @@ def exercise() -> None:
                 sig = Signature.of(op, a, b, kmap)
                 seen: set[tuple[Any, ...]] = set()
                 for params in [algo.default_params(sig), *algo.param_space(sig).points()]:
-                    kind = (params["mode"], params.get("sorted"), params.get("deterministic"))
+                    kind = (params["mode"], params.get("sorted"), params.get("deterministic"),
+                            params.get("offset_groups", 1) > 1)
                     if kind not in seen:  # one point per kernel form keeps the compile count small
                         seen.add(kind)
                         algo.run(op, params, a, b, kmap)
@@ -132,27 +98,24 @@ def unspecialized_names_exist(fn: Any) -> str | None:
 
 
 def main() -> int:
-    triton_launch.FastLaunch.launch = _record  # type: ignore[method-assign]
     for module in (triton_hash, triton_maps):
         module.require_runnable = lambda device: None  # type: ignore[attr-defined]
     triton_hash.INTERPRETER_LANES = 1  # the map and table kernels' GPU launch sizes, not the interpreter's
-    exercise()
+    with recording(_fill_stats) as calls:
+        exercise()
     for problem in filter(None, map(unspecialized_names_exist, {fn for fn, _, _ in calls})):
         print(f"FAILED {problem}", flush=True)
         return 1
-    requests: dict[str, tuple[Any, dict, dict, dict]] = {}
+    requests: dict[str, tuple[Any, dict, dict, dict, dict]] = {}
     for fn, args, kwargs in calls:
-        signature, constexprs, options = compile_request(fn, args, kwargs)
+        signature, constexprs, attrs, options = compile_request(fn, args, kwargs)
         requests.setdefault(f"{fn.__name__} {signature} {sorted(constexprs.items())} {options}",
-                            (fn, signature, constexprs, options))
-
-    def build(fn: Any, signature: dict, constexprs: dict, options: dict) -> None:
-        triton.compile(ASTSource(fn, signature, constexprs), target=TARGET, options=options)
+                            (fn, signature, constexprs, attrs, options))
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # ptxas runs as a process: threads overlap it
-        pending = {pool.submit(build, *request): line for line, request in requests.items()}
+        pending = {pool.submit(compile_launch, *request): line for line, request in requests.items()}
         for future in as_completed(pending):
-            fn, _, constexprs, options = requests[pending[future]]
+            fn, _, constexprs, _, options = requests[pending[future]]
             if future.exception() is not None:  # report which kernel failed, then stop
                 print(f"FAILED {pending[future]}: {type(future.exception()).__name__}: {future.exception()}",
                       flush=True)

@@ -39,20 +39,24 @@ def table_row_starts(rows, row_ok, order_ptr, kvol, SORTED: tl.constexpr):
 
 
 @triton.jit
-def store_rows(y_ptr, part_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, bias_ptr, has_bias, relu,
-               accumulate, partial, SORTED: tl.constexpr):
-    """Store ``acc`` (plus the partial sums of the rows in ``part`` where ``accumulate``, plus ``bias`` where
-    ``has_bias``, then ReLU where ``relu``: the epilogue, in fp32) into result rows ``rows`` of ``y``, or of
-    ``part`` where ``partial`` (through ``order`` when the table rows are mask-sorted; ``part`` has ``y``'s
-    strides)."""
+def result_offsets(rows, row_ok, cols, order_ptr, stride_y, SORTED: tl.constexpr):
+    """Element offsets of result rows ``rows`` (through ``order`` when the table rows are mask-sorted), columns
+    ``cols``."""
     if SORTED:
         dst = tl.load(order_ptr + rows, mask=row_ok, other=0)
     else:
         dst = rows
-    at = dst.to(tl.int64)[:, None] * stride_y + cols[None, :]
+    return dst.to(tl.int64)[:, None] * stride_y + cols[None, :]
+
+
+@triton.jit
+def store_rows(y_ptr, part_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, bias_ptr, has_bias, relu,
+               partial, SORTED: tl.constexpr):
+    """Store ``acc`` (plus ``bias`` where ``has_bias``, then ReLU where ``relu``: the epilogue, in fp32) into
+    result rows ``rows`` of ``y``, or of ``part`` where ``partial`` (see :func:`result_offsets`; ``part`` has
+    ``y``'s strides)."""
+    at = result_offsets(rows, row_ok, cols, order_ptr, stride_y, SORTED)
     ok = row_ok[:, None] & col_ok[None, :]
-    if accumulate != 0:
-        acc += tl.load(part_ptr + at, mask=ok, other=0.0).to(tl.float32)
     if has_bias != 0:
         acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     if relu != 0:
@@ -64,17 +68,18 @@ def store_rows(y_ptr, part_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stri
 
 
 @fast_launch(precompilable=True)
-@triton.jit(do_not_specialize=["n_rows", "flip", "has_bias", "relu", "accumulate", "partial"])
+@triton.jit(do_not_specialize=["n_rows", "flip", "has_bias", "relu", "partial"])
 def propagate_gather_kernel(
         x_ptr, w_ptr, y_ptr, part_ptr, bias_ptr, nbr_ptr, order_ptr, count_ptr, active_ptr,
         n_rows, c_red, c_n, kvol, flip, stride_x, stride_wk, stride_wr, stride_wn, stride_y, has_bias, relu,
-        accumulate, partial, SORTED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        partial, SORTED: tl.constexpr, ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """``y[o] = sum_k x[nbr[o, k]] @ w[k]`` looping over the offsets the row block uses (see
     :class:`~warpsparse.algorithms.triton.layouts.BlockOffsets`), ``BLOCK_K`` channels at a time; the
-    epilogue adds ``bias`` and applies ReLU. A pass of one column group of several adds the partial sums in
-    ``part`` (fp32) where ``accumulate`` and leaves its sums there where ``partial``; blocks that use no offset
-    then leave their rows as they are."""
+    epilogue adds ``bias`` and applies ReLU. A pass of one column group of several starts from the partial sums
+    in ``part`` (fp32) where ``ACCUMULATE`` and leaves its sums there where ``partial``; blocks that use no
+    offset then leave their rows as they are. ``ACCUMULATE`` is a compile-time flag: loading the partial sums
+    in the epilogue, beside the accumulator, made wide tiles spill registers (128 x 256 on 8 warps, fp16)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -86,7 +91,11 @@ def propagate_gather_kernel(
     chunks = tl.cdiv(c_red, BLOCK_K)
     steps = tl.load(count_ptr + pid_m) * chunks
     block = pid_m.to(tl.int64) * kvol
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if ACCUMULATE:
+        acc = tl.load(part_ptr + result_offsets(rows, row_ok, cols, order_ptr, stride_y, SORTED),
+                      mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for step in range(steps):
         j = step // chunks
         c = (step - j * chunks) * BLOCK_K + ck
@@ -99,9 +108,9 @@ def propagate_gather_kernel(
         b = tl.load(w_ptr + k * stride_wk + c[:, None] * stride_wr + cols[None, :] * stride_wn,
                     mask=c_ok[:, None] & col_ok[None, :], other=0.0)
         acc = mac(acc, a, b, USE_DOT, PRECISION, UPCAST)
-    if (accumulate == 0) | (partial == 0) | (steps > 0):
+    if (partial == 0) | (steps > 0) | (not ACCUMULATE):
         store_rows(y_ptr, part_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, bias_ptr, has_bias, relu,
-                   accumulate, partial, SORTED)
+                   partial, SORTED)
 
 
 @fast_launch(precompilable=True)
@@ -131,8 +140,7 @@ def propagate_packed_kernel(
         b = tl.load(w_ptr + k[:, None] * stride_wk + c[:, None] * stride_wr + cols[None, :] * stride_wn,
                     mask=r_ok[:, None] & col_ok[None, :], other=0.0)
         acc = mac(acc, a, b, USE_DOT, PRECISION, UPCAST)
-    store_rows(y_ptr, y_ptr, acc, rows, row_ok, cols, col_ok, y_ptr, stride_y, bias_ptr, has_bias, relu, 0, 0,
-               False)
+    store_rows(y_ptr, y_ptr, acc, rows, row_ok, cols, col_ok, y_ptr, stride_y, bias_ptr, has_bias, relu, 0, False)
 
 
 @triton.jit
