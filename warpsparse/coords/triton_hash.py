@@ -114,10 +114,11 @@ def _insert_kernel(slots_ptr, src_ptr, repeats_ptr, n, shift, hmask, s0, s1, s2,
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = rows < n
     if FROM_COORDS:
-        b = tl.load(src_ptr + 4 * rows, mask=live, other=0)
-        x0 = tl.load(src_ptr + 4 * rows + 1, mask=live, other=0)
-        x1 = tl.load(src_ptr + 4 * rows + 2, mask=live, other=0)
-        x2 = tl.load(src_ptr + 4 * rows + 3, mask=live, other=0)
+        row64 = rows.to(tl.int64)  # 4 * rows passes 2**31 past 2**29 sites
+        b = tl.load(src_ptr + 4 * row64, mask=live, other=0)
+        x0 = tl.load(src_ptr + 4 * row64 + 1, mask=live, other=0)
+        x1 = tl.load(src_ptr + 4 * row64 + 2, mask=live, other=0)
+        x2 = tl.load(src_ptr + 4 * row64 + 3, mask=live, other=0)
         key = pack_key(b, x0, x1, x2, s0, s1, s2)
     else:
         key = tl.load(src_ptr + rows, mask=live, other=0)

@@ -113,10 +113,11 @@ def _map_kernel(nbr_ptr, mask_ptr, count_ptr, out_ptr, n_out, slots_ptr, shift, 
     KV: tl.constexpr = K0 * K1 * K2
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     live = rows < n_out
-    b = tl.load(out_ptr + 4 * rows, mask=live, other=0)
-    o0 = tl.load(out_ptr + 4 * rows + 1, mask=live, other=0)
-    o1 = tl.load(out_ptr + 4 * rows + 2, mask=live, other=0)
-    o2 = tl.load(out_ptr + 4 * rows + 3, mask=live, other=0)
+    row64 = rows.to(tl.int64)  # 4 * rows passes 2**31 past 2**29 outputs, rows * KV far sooner
+    b = tl.load(out_ptr + 4 * row64, mask=live, other=0)
+    o0 = tl.load(out_ptr + 4 * row64 + 1, mask=live, other=0)
+    o1 = tl.load(out_ptr + 4 * row64 + 2, mask=live, other=0)
+    o2 = tl.load(out_ptr + 4 * row64 + 3, mask=live, other=0)
     inside = live & (o0 < lim0) & (o1 < lim1) & (o2 < lim2)
     k = tl.arange(0, KP)
     x0, ok0 = _relate(o0[:, None], (k // (K1 * K2))[None, :], S0, D0, P0, in0, MULTIPLY)
@@ -124,7 +125,7 @@ def _map_kernel(nbr_ptr, mask_ptr, count_ptr, out_ptr, n_out, slots_ptr, shift, 
     x2, ok2 = _relate(o2[:, None], (k % K2)[None, :], S2, D2, P2, in2, MULTIPLY)
     valid = inside[:, None] & (k < KV)[None, :] & ok0 & ok1 & ok2
     src = find_keys(slots_ptr, pack_key(b[:, None], x0, x1, x2, in0, in1, in2), valid, shift, hmask, PACKED)
-    dst = rows.to(tl.int64)[:, None] * KV + k[None, :]
+    dst = row64[:, None] * KV + k[None, :]
     tl.store(nbr_ptr + dst, src.to(tl.int32), mask=live[:, None] & (k < KV)[None, :])
     tl.store(mask_ptr + rows, _row_bits(src >= 0, k, KV), mask=live)
     tl.atomic_add(count_ptr, tl.sum(tl.sum((src >= 0).to(tl.int64), axis=1), axis=0))

@@ -134,7 +134,7 @@ def propagate_packed_kernel(
         r_ok = r < red
         k = r // c_red
         c = r - k * c_red
-        src = tl.load(nbr_ptr + rows[:, None] * kvol + k[None, :], mask=row_ok[:, None] & r_ok[None, :],
+        src = tl.load(nbr_ptr + rows.to(tl.int64)[:, None] * kvol + k[None, :], mask=row_ok[:, None] & r_ok[None, :],
                       other=-1)
         a = tl.load(x_ptr + src.to(tl.int64) * stride_x + c[None, :], mask=src >= 0, other=0.0)
         b = tl.load(w_ptr + k[:, None] * stride_wk + c[:, None] * stride_wr + cols[None, :] * stride_wn,
@@ -211,7 +211,8 @@ def wgrad_packed_kernel(
     for r0 in range(lo, hi, BLOCK_K):
         r = r0 + tl.arange(0, BLOCK_K)
         r_ok = r < hi
-        src = tl.load(nbr_ptr + r[None, :] * kvol + k[:, None], mask=r_ok[None, :] & j_ok[:, None], other=-1)
+        src = tl.load(nbr_ptr + r.to(tl.int64)[None, :] * kvol + k[:, None], mask=r_ok[None, :] & j_ok[:, None],
+                      other=-1)
         xt = tl.load(x_ptr + src.to(tl.int64) * stride_x + ci[:, None], mask=src >= 0, other=0.0)
         g = tl.load(dy_ptr + r.to(tl.int64)[:, None] * stride_dy + co[None, :], mask=r_ok[:, None] & co_ok[None, :],
                     other=0.0)
