@@ -18,8 +18,9 @@ Workloads (each under the time ``--budget-s`` leaves):
 
 Order: per network its tuning probes, then the network in the first dtype (it reuses the probes' caches); then
 regret; the networks at the ``--extra-voxel-sizes`` (default 0.05 m on a GPU) in the first dtype; the networks
-in the other dtypes; batch4; maps; layers. Results go to ``--out``: ``results.json``,
-``results.md`` and PNG plots (rewritten after every workload), and the tuning caches the run filled.
+in the other dtypes; batch4; maps; layers. Results go to ``--out``: ``results.json`` and ``results.md``
+(rewritten after every workload), PNG plots (at the end, an interrupted run included), and the tuning caches
+the run filled.
 """
 from __future__ import annotations
 
@@ -707,7 +708,7 @@ def make_config(args: argparse.Namespace) -> Config:
         raise ValueError("--algos: no algorithm given")
     for algo in algos:
         mode_for(Op.CONV_FWD, algo)  # ValueError for an unknown name
-    voxel = args.voxel_size or (TINY_VOXEL if args.tiny else 0.1)
+    voxel = args.voxel_size if args.voxel_size is not None else (TINY_VOXEL if args.tiny else 0.1)
     if not voxel > 0:
         raise ValueError(f"--voxel-size must be positive, got {voxel}")
     extra_text = args.extra_voxel_sizes

@@ -109,6 +109,9 @@ def test_networks_at_extra_voxel_sizes(tmp_path, monkeypatch):
     assert "| spconv_net | scan @ 1.6 m | fp32 |" in (out / "results.md").read_text()
     with pytest.raises(SystemExit):
         main(["--tiny", "--device", "cpu", "--extra-voxel-sizes", "0.1,x"])
+    for bad in ("0", "-1"):  # a zero voxel size is refused, not replaced by the default
+        with pytest.raises(SystemExit):
+            main(["--tiny", "--device", "cpu", "--voxel-size", bad])
 
 
 def test_rotated_batch_is_seeded():
