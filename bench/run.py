@@ -420,9 +420,29 @@ def _label(name: str, params: dict[str, Any]) -> str:
     return f"{name}{{{inner}}}" if inner else name
 
 
+def cached_choice(op: Any, a: torch.Tensor, b: torch.Tensor, kmap: Any, mode: Any) -> tuple[Any, dict] | None:
+    """AUTO's choice from what the tuning cache holds for the call now, without timing anything more: the winner
+    of the tunings so far (after a network's first process, its first round); ``None`` when it holds none."""
+    from warpsparse.algorithms.base import Signature
+    from warpsparse.tuner import store
+    from warpsparse.tuner.dispatcher import allowed_algorithms
+    from warpsparse.tuner.key import entry_key
+    from warpsparse.tuner.search import candidates_for
+
+    sig = Signature.of(op, a, b, kmap)
+    known = store.store_for().results(entry_key(sig, kmap, a.device))
+    ok = [c for c in candidates_for(allowed_algorithms(op, sig, mode), sig)
+          if c.ident in known and known[c.ident].status == "ok"]
+    if not ok:
+        return None
+    best = min(ok, key=lambda c: (known[c.ident].score_ms, c.ident))
+    return best.algorithm, best.params
+
+
 def exhaustive(run: Run, op: Any, a: torch.Tensor, b: torch.Tensor, kmap: Any, algo: str,
                out_of_time: Callable[[], bool]) -> dict[str, Any]:
-    """Time every candidate (algorithm x parameter point) allowed by ``algo``; AUTO's choice; its regret."""
+    """Time every candidate (algorithm x parameter point) allowed by ``algo``; AUTO's choice once its search is
+    complete and its choice from the cache as it was (:func:`cached_choice`); the regret of each."""
     from warpsparse.algorithms import registry
     from warpsparse.algorithms.base import Signature
     from warpsparse.tuner import Call, mode_for, pretune
@@ -432,6 +452,7 @@ def exhaustive(run: Run, op: Any, a: torch.Tensor, b: torch.Tensor, kmap: Any, a
     device = run.cfg.device
     sig = Signature.of(op, a, b, kmap)
     mode = mode_for(op, algo)
+    first = cached_choice(op, a, b, kmap, mode)
     with env_vars({BUDGET_ENV: "inf"}):  # AUTO's choice once its search of the signature is complete
         chosen_alg, chosen_params = pretune([Call(op, a, b, kmap, mode)], progress=False)[0]
     ref_alg = registry.get("explicit_gemm")
@@ -444,7 +465,10 @@ def exhaustive(run: Run, op: Any, a: torch.Tensor, b: torch.Tensor, kmap: Any, a
         for params in [alg.default_params(sig), *alg.param_space(sig).points()]:
             candidates.setdefault(_label(alg.name, params), (alg, dict(params)))
     chosen = _label(chosen_alg.name, chosen_params)
-    candidates = {chosen: (chosen_alg, dict(chosen_params)), **candidates}  # timed first
+    picks = {chosen: (chosen_alg, dict(chosen_params))}
+    if first is not None:
+        picks[_label(first[0].name, first[1])] = (first[0], dict(first[1]))
+    candidates = {**picks, **candidates}  # AUTO's choices timed first
     times: dict[str, float] = {}
     failed: dict[str, str] = {}
     truncated = False
@@ -472,13 +496,19 @@ def exhaustive(run: Run, op: Any, a: torch.Tensor, b: torch.Tensor, kmap: Any, a
     # the tuner's objective: kernel time plus the host time a fresh map costs the candidate's layouts
     setup = {n: float(alg.setup_ms(sig, params)) for n, (alg, params) in candidates.items()}
     leaders = sorted(times, key=lambda n: times[n] + setup[n])[:3]
-    final = list(dict.fromkeys([*leaders, chosen]))
+    final = list(dict.fromkeys([*leaders, *(n for n in picks if n in times)]))
     samples = interleaved([lambda c=candidates[n]: c[0].run(op, c[1], a, b, kmap) for n in final], device,
                           5 if run.cfg.tiny else 15, isolate=False)
     medians = {n: Timing.of(s).median_ms for n, s in zip(final, samples)}
     best = min(medians, key=lambda n: medians[n] + setup[n])
+
+    def regret(name: str) -> float:
+        return ratio(medians[name] + setup[name], medians[best] + setup[best])
+
     row.update(choice_ms=medians[chosen], choice_setup_ms=setup[chosen], best=best, best_ms=medians[best],
-               best_setup_ms=setup[best], regret=ratio(medians[chosen] + setup[chosen], medians[best] + setup[best]))
+               best_setup_ms=setup[best], regret=regret(chosen))
+    if first is not None and (name := _label(first[0].name, first[1])) in medians:
+        row.update(first_choice=name, first_choice_ms=medians[name], first_regret=regret(name))
     return row
 
 
@@ -495,7 +525,8 @@ def regret_workload(run: Run, section: dict[str, Any]) -> dict[str, Any]:
     section["notes"].append(f"candidates allowed by fwd_algo/bwd_algo={algo!r}, dtype "
                             f"{str(dtype).removeprefix('torch.')}; AUTO's choice is the tuner's decision for the "
                             "signature once its search is complete (the cache the spconv_net workload filled, "
-                            "completed without a tuning budget)")
+                            "completed without a tuning budget); AUTO's first choice is the winner of what that "
+                            "cache held before (the spconv_net process's tuning: a first round per algorithm)")
     with run.caches("spconv_net"):
         suite = layer_suite(run)
         for op in (Op.CONV_FWD, Op.CONV_DGRAD, Op.CONV_WGRAD):
