@@ -96,20 +96,22 @@ def compiled_variants() -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def h100_limits() -> Iterator[None]:
+def as_on_h100() -> Iterator[None]:
     """Inside, ``implicit_gemm`` sizes its space for an H100 (132 multiprocessors, 227 KB of shared memory a
-    block) whatever the device."""
-    limits = implicit_gemm.device_limits
+    block) and launches the kernels a GPU runs (no bf16 upcast, which only the interpreter needs), whatever the
+    device."""
+    limits, upcast = implicit_gemm.device_limits, implicit_gemm.upcast_dots
     implicit_gemm.device_limits = lambda device_type: (132, 227 * 1024)
+    implicit_gemm.upcast_dots = lambda a: False
     try:
         yield
     finally:
-        implicit_gemm.device_limits = limits
+        implicit_gemm.device_limits, implicit_gemm.upcast_dots = limits, upcast
 
 
 def sm90_variants(channels: list[int], dtype: torch.dtype) -> list[dict[str, Any]]:
-    """Per channel count and point of :func:`points` (the space as on an H100): the forward kernel compiled for
-    sm_90 on this machine, with a launch's specialization: registers, stack bytes and :func:`instructions`."""
+    """Per channel count and point of :func:`points`: the forward kernel compiled for sm_90 on this machine, with
+    a launch's specialization: registers, stack bytes and :func:`instructions` (call it :func:`as_on_h100`)."""
     gen = torch.Generator().manual_seed(0)
     flat = torch.randperm(16 ** 3, generator=gen)[:600]
     coords = torch.stack([torch.zeros_like(flat), flat // 256, flat // 16 % 16, flat % 16], 1).int()
@@ -119,9 +121,7 @@ def sm90_variants(channels: list[int], dtype: torch.dtype) -> list[dict[str, Any
     algo, out = registry.get("implicit_gemm"), []
     for c in channels:
         a, b = torch.randn(kmap.num_in, c).to(dtype), torch.randn(kmap.kernel_volume, c, c).to(dtype)
-        with h100_limits():
-            listed = points(a, b, kmap)
-        for p in listed:
+        for p in points(a, b, kmap):
             with recording() as calls:
                 algo.run(Op.CONV_FWD, p, a, b, kmap)
             fn, args, kwargs = next(call for call in calls if call[0] is conv_kernels.propagate_gather_kernel.fn)
@@ -141,7 +141,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.sm90:
-        compiled = sm90_variants(args.channels, DTYPES[args.dtype])
+        with as_on_h100():
+            compiled = sm90_variants(args.channels, DTYPES[args.dtype])
         (out / "tiles_sm90.json").write_text(json.dumps({"dtype": args.dtype, "variants": compiled}, indent=1))
         print("| channels | BLOCK_M x BLOCK_N x BLOCK_K | warps | stages | registers | stack bytes | wgmma | mma.sync |\n"
               "|---|---|---|---|---|---|---|---|")
