@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from warpsparse.algorithms.base import tf32_allowed
 from warpsparse.tuner.timing import time_round_robin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -254,7 +255,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cumm": _version("cumm", "cumm-cu126", "cumm-cu124", "cumm-cu121", "cumm-cu118", "cumm"),
         "numpy": _version("numpy"),
         "algorithms": registry.names(),
-        "allow_tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "allow_tf32_matmul": tf32_allowed(),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
         "scan_file": SCAN_FILE.name,
         "scan_sha256": _sha256(SCAN_FILE),

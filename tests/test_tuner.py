@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers_tuner import Fake, cache_dir, operands, random_map, truth, use_registry  # noqa: F401
-from warpsparse.algorithms.base import CONV_OPS, DEPTHWISE_OPS, Op, Signature
+from warpsparse.algorithms.base import CONV_OPS, DEPTHWISE_OPS, Op, Signature, tf32_allowed
 from warpsparse.algorithms.explicit import ExplicitDepthwise, ExplicitGemm
 from warpsparse import triton_launch
 from warpsparse.coords.kernel_map import KernelMap
@@ -630,3 +630,28 @@ def test_results_cached_with_another_setup_cost_are_restated(monkeypatch):
     entry = _entry()
     assert entry.winner.params == {"pairs": False}
     assert {c.params["pairs"]: c.setup_ms for c in entry.candidates} == {True: 50.0, False: 0.0}
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch without fp32_precision")
+def test_tf32_follows_both_of_torchs_settings():
+    """TF32 is allowed by the legacy ``allow_tf32`` flag or by ``fp32_precision`` (matmul's own, else the global
+    one); after the new setting, reading the legacy flag raises on recent torch, and the check must not."""
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision, torch.backends.fp32_precision
+    try:
+        assert not tf32_allowed()
+        matmul.fp32_precision = "tf32"
+        assert tf32_allowed()
+        matmul.fp32_precision = "ieee"
+        torch.backends.fp32_precision = "tf32"
+        assert not tf32_allowed()  # matmul's own setting wins
+        matmul.fp32_precision = "none"
+        assert tf32_allowed()  # else the global one
+        torch.backends.fp32_precision = "none"
+        assert not tf32_allowed()
+        matmul.allow_tf32 = True  # the legacy flag
+        assert tf32_allowed()
+        matmul.allow_tf32 = False
+        assert not tf32_allowed()
+    finally:
+        matmul.fp32_precision, torch.backends.fp32_precision = saved

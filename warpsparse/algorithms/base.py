@@ -77,9 +77,22 @@ class Signature:
             c_in, c_out = a.shape[1], b.shape[1]
         else:
             c_in = c_out = a.shape[1]
-        tf32 = a.dtype == torch.float32 and a.is_cuda and torch.backends.cuda.matmul.allow_tf32
+        tf32 = a.dtype == torch.float32 and a.is_cuda and tf32_allowed()
         return Signature(op, kmap.num_in, kmap.num_out, int(c_in), int(c_out), kmap.kernel_volume,
                          a.dtype, a.device.type, kmap.num_pairs, tf32)
+
+
+def tf32_allowed() -> bool:
+    """Whether CUDA fp32 matmuls may use TF32: torch's ``fp32_precision`` for matmuls (their own, else the global
+    one) where torch has it, else the legacy ``allow_tf32`` flag. (Reading ``allow_tf32`` raises on torch 2.13
+    once the new setting was used.)"""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    if precision is None:
+        return bool(matmul.allow_tf32)
+    if precision == "none":
+        precision = torch.backends.fp32_precision
+    return precision == "tf32"
 
 
 Params = Mapping[str, Any]

@@ -6,7 +6,7 @@ from typing import Hashable
 
 import torch
 
-from warpsparse.algorithms.base import Op, Signature
+from warpsparse.algorithms.base import Op, Signature, tf32_allowed
 from warpsparse.cache_schema import EntryKey, SignatureFields
 from warpsparse.coords.kernel_map import KernelMap
 from warpsparse.tuner.identity import device_info, versions
@@ -31,7 +31,7 @@ def hot_key(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap) -> Hashab
     follows :meth:`Signature.of`.
     """
     n_out = kmap.num_out
-    tf32 = a.is_cuda and a.dtype is torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    tf32 = a.is_cuda and a.dtype is torch.float32 and tf32_allowed()
     return (op, half_octave(kmap.num_in), half_octave(n_out), a.shape[1], b.shape[1:], kmap.kernel_size,
             kmap.kind, kmap.stride, a.dtype, tf32, density_bucket(kmap.num_pairs, n_out), a.device)
 

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from warpsparse.algorithms.base import ParamSpace, Signature
+from warpsparse.algorithms.base import ParamSpace, Signature, tf32_allowed
 from warpsparse.triton_launch import cdiv, pow2_at_least
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -41,7 +41,7 @@ def unsupported(sig: Signature, kernel: Any) -> str | None:
 
 def dot_precision(a: torch.Tensor) -> str:
     """``tl.dot`` input precision: exact fp32 unless TF32 is allowed for CUDA matmuls (ignored for halves)."""
-    if a.dtype == torch.float32 and not (a.is_cuda and torch.backends.cuda.matmul.allow_tf32):
+    if a.dtype == torch.float32 and not (a.is_cuda and tf32_allowed()):
         return "ieee"
     return "tf32"
 
