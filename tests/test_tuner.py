@@ -13,6 +13,7 @@ from warpsparse import triton_launch
 from warpsparse.coords.kernel_map import KernelMap
 from warpsparse.tuner import (Call, collect_calls, dispatch, dispatcher, mode_for, pretune, reset, save_tuning_cache,
                               search, store)
+from warpsparse.tuner.identity import sources_digest
 from warpsparse.tuner.key import density_bucket, entry_key, half_octave, hot_key
 
 pytestmark = pytest.mark.usefixtures("cache_dir")
@@ -461,6 +462,7 @@ def test_signatures_in_one_bucket_share_a_decision_others_do_not():
     assert ek.signature.n_in_bucket == half_octave(kmap.num_in) and ek.signature.kind == "subm"
     assert ek.signature.density_bucket == density_bucket(kmap.num_pairs, kmap.num_out)
     assert ek.device.type == "cpu" and ek.versions.torch == torch.__version__
+    assert ek.versions.sources == sources_digest() and len(ek.versions.sources) == 16
     assert len(ek.ident) == 12 and ek.ident == entry_key(sig, kmap, a.device).ident
     for n in (1, 2, 3, 5, 90, 1000, 12345):
         lo, hi = 2 ** (half_octave(n) / 2), 2 ** ((half_octave(n) + 1) / 2)
@@ -655,3 +657,19 @@ def test_tf32_follows_both_of_torchs_settings():
         assert not tf32_allowed()
     finally:
         matmul.fp32_precision, torch.backends.fp32_precision = saved
+
+
+def test_sources_digest_follows_every_algorithm_source(tmp_path):
+    """Results measured with other kernel sources (an edited checkout, where the version stays) are not reused:
+    the key's digest changes with a source's contents or name, not with other files."""
+    (tmp_path / "triton").mkdir()
+    (tmp_path / "triton" / "k.py").write_text("x = 1\n")
+    (tmp_path / "gemm.cu").write_text("// kernel\n")
+    before = sources_digest(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a source")
+    assert sources_digest(tmp_path) == before
+    (tmp_path / "gemm.cu").write_text("// kernel, edited\n")
+    edited = sources_digest(tmp_path)
+    assert edited != before
+    (tmp_path / "triton" / "k.py").rename(tmp_path / "triton" / "k2.py")
+    assert sources_digest(tmp_path) not in (before, edited)

@@ -53,6 +53,7 @@ class Versions(_Frozen):
     triton: Optional[str] = None
     cupy: Optional[str] = None
     cuda: Optional[str] = None
+    sources: Optional[str] = None  # digest of the algorithms' sources: an edited checkout tunes afresh
 
 
 class CandidateResult(_Frozen):

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
 import platform
 import sys
+from pathlib import Path
 
 import torch
 
@@ -53,10 +55,22 @@ def device_info(device: torch.device) -> DeviceInfo:
     return _device_info(device.type, None)
 
 
+ALGORITHMS = Path(__file__).resolve().parents[1] / "algorithms"
+
+
+def sources_digest(root: Path = ALGORITHMS) -> str:
+    """A digest of the Python and CUDA sources under ``root`` (names and contents): it changes with any edit of
+    an algorithm or kernel, which a version number does not tell in an editable checkout."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".cu", ".cuh")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 @functools.lru_cache(maxsize=None)
 def versions() -> Versions:
-    """Versions of warpsparse, torch, triton, cupy and CUDA in this process."""
+    """Versions of warpsparse (with :func:`sources_digest`), torch, triton, cupy and CUDA in this process."""
     return Versions(warpsparse=_version("warpsparse", "warpsparse") or "0+unknown", torch=torch.__version__,
                     triton=_version("triton", "triton", "pytorch-triton"),
                     cupy=_version("cupy", "cupy", "cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x"),
-                    cuda=torch.version.cuda)
+                    cuda=torch.version.cuda, sources=sources_digest())
