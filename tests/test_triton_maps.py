@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import traceback
 import warnings
 from pathlib import Path
 
@@ -558,6 +559,43 @@ def test_half_map_kernel_on_gpu(kernel, dilation) -> None:
     own = fresh(src)
     nbr, _, count = triton_maps._half_map(own, geom, triton_maps.coord_table(own))
     assert torch.equal(nbr, km_t.nbr) and int(count) == km_t.num_pairs
+
+
+HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
+
+
+def test_builds_read_the_device_as_the_gpu_test_demands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the GPU test below checks with CUDA's sync detection, counted here on any machine: warpsparse's reads
+    of tensor values back to the host while building maps (not the interpreter's own reads of launch
+    arguments). Subm and spread maps read nothing; discovered and owned maps read their counts once."""
+    reads: list[str] = []
+
+    def counted(name: str):
+        original = getattr(torch.Tensor, name)
+
+        def read(self: torch.Tensor, *args: object, **kwargs: object) -> object:
+            frames = traceback.extract_stack()[:-1]
+            if (any("warpsparse" in f.filename for f in frames)
+                    and not any("interpreter" in f.filename for f in frames)):
+                reads.append(f"{name} at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}")
+            return original(self, *args, **kwargs)
+        return read
+
+    src = random_set(300, (8, 8, 8), 2)
+    cases = {"subm": (submanifold_geometry((3, 3, 3), (1, 1, 1)), "subm", 0),
+             "discovered 3x3x3/2": (ConvGeometry((3, 3, 3), (2, 2, 2), (1, 1, 1)), "conv", 1),
+             "owned 2x2x2/2": (ConvGeometry((2, 2, 2), (2, 2, 2)), "conv", 1),
+             "owned transposed 3x3x3/2": (ConvGeometry((3, 3, 3), (2, 2, 2), transposed=True), "transposed", 1),
+             "spread transposed 2x2x2/2": (ConvGeometry((2, 2, 2), (2, 2, 2), transposed=True), "transposed", 0)}
+    for name, (geom, kind, allowed) in cases.items():
+        out_shape = src.spatial_shape if kind == "subm" else geom.output_shape(src.spatial_shape)
+        sites = CoordSet(src.coords.clone(), src.spatial_shape, src.batch_size)
+        with monkeypatch.context() as patched:
+            for read in HOST_READS:
+                patched.setattr(torch.Tensor, read, counted(read))
+            build_kernel_map(sites, geom, out_shape, sites if kind == "subm" else None, kind, builder="triton")
+        assert len(reads) == allowed, (name, reads)
+        reads.clear()
 
 
 @pytest.mark.gpu
