@@ -124,6 +124,20 @@ def test_matches_explicit(variant: str, c_in: int, c_out: int, op: Op, poisoned:
         check(op, kmap, a, b, params)
 
 
+@pytest.mark.parametrize("variant,c_in,c_out,dtype", [("subm", 100, 100, torch.float32),
+                                                       ("inverse", 37, 100, torch.float16),
+                                                       ("transposed", 100, 5, torch.bfloat16)], ids=str)
+@pytest.mark.parametrize("op", CONV_OPS, ids=lambda o: o.value)
+def test_unaligned_wide_channels(variant: str, c_in: int, c_out: int, dtype: torch.dtype, op: Op,
+                                 poisoned: None) -> None:
+    """100 channels (masked tails past 64 and 96 within 128-wide tiles), in every dtype and the variants the
+    other tests give half types least."""
+    kmap = make_map(variant, sites=60)
+    a, b = operands(op, kmap, c_in, c_out, dtype)
+    for params in sample_points(op, kmap, a, b, extra=1):
+        check(op, kmap, a, b, params)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("variant,c_in,c_out", [("subm", 3, 17), ("strided", 17, 64)])
 @pytest.mark.parametrize("op", CONV_OPS, ids=lambda o: o.value)
