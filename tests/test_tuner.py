@@ -186,7 +186,7 @@ def test_a_first_round_keeps_a_point_that_won_elsewhere_whatever_its_estimate(mo
 
 
 def test_a_point_that_won_another_signature_is_not_pruned_by_its_estimate(monkeypatch):
-    fake = Fake("explicit_gemm", cost_ms=lambda p: 1 + 12 * (p["tile"] != 2), space={"tile": (0, 1, 2)},
+    fake = Fake("explicit_gemm", cost_ms=lambda p: 1 + 24 * (p["tile"] != 2), space={"tile": (0, 1, 2)},
                 estimate=lambda p: 1.0)
     use_registry(monkeypatch, fake)
     monkeypatch.setenv("WARPCONVNET_TUNE_BUDGET_MS", "inf")
