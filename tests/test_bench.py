@@ -118,6 +118,16 @@ def test_networks_at_extra_voxel_sizes(tmp_path, monkeypatch):
             main(["--tiny", "--device", "cpu", "--voxel-size", bad])
 
 
+def test_minkunet_tiny_cpu(tmp_path, monkeypatch):
+    """The MinkUNet workload (strided convs down, inverse convs up, skips, BatchNorm) runs end to end on CPU."""
+    out, data = _run(tmp_path, monkeypatch, "--device", "cpu", "--algos", "explicit", "--dtype", "float32",
+                     "--workloads", "minkunet", "--no-profile")
+    section = data["workloads"]["minkunet"]
+    assert section["status"] == "ok"
+    _check_network_rows(section["rows"], ["warpsparse-explicit"])
+    assert "| minkunet | scan @ 3.2 m | fp32 |" in (out / "results.md").read_text()
+
+
 def test_rotated_batch_is_seeded():
     """The same seed gives the same batch of rotated copies, another seed other copies; the first is the scan."""
     a, b = load_scan(3.2, batch_size=4, seed=7), load_scan(3.2, batch_size=4, seed=7)
