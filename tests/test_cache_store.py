@@ -1,4 +1,5 @@
 """The persistent cache: round trip, merging, damaged files, unwritable dirs, locks, concurrent processes."""
+import hashlib
 import json
 import multiprocessing
 import os
@@ -285,3 +286,25 @@ def test_rewriting_keeps_the_file_permissions(monkeypatch):
     assert save_tuning_cache()
     assert path.stat().st_mode & 0o777 == 0o664
     assert sorted(e.key.signature.c_in for e in _entries()) == [3, 4]
+
+
+def test_files_of_older_schema_versions_still_load(monkeypatch):
+    """A file written before the sources digest (schema 2: no ``versions.sources``) or before the setup costs
+    (schema 1) is read, its entries kept; only entries of this process's versions are current."""
+    _tune_one(monkeypatch)
+    assert save_tuning_cache()
+    raw = json.loads(store.cache_file().read_text())
+    for version in (2, 1):
+        old = json.loads(json.dumps(raw))
+        old["schema_version"] = version
+        for entry in old["entries"]:
+            del entry["key"]["versions"]["sources"]
+            # the id as schema 1 and 2 wrote it: a digest of the key's JSON, which had no sources field
+            blob = json.dumps(entry["key"], sort_keys=True, separators=(",", ":"))
+            entry["id"] = hashlib.sha256(blob.encode()).hexdigest()[:12]
+            if version == 1:
+                for candidate in entry["candidates"]:
+                    candidate.pop("setup_ms", None)
+        document = CacheDocument.model_validate(old)
+        assert len(document.entries) == len(raw["entries"])
+        assert all(e.key.versions.sources is None for e in document.entries)

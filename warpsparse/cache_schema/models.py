@@ -9,7 +9,7 @@ from typing import Literal, Optional
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-SCHEMA_VERSION = 2  # 2 added CandidateResult.setup_ms; version 1 files are still read
+SCHEMA_VERSION = 3  # 2 added CandidateResult.setup_ms, 3 Versions.sources; older files are still read
 
 Triple = tuple[int, int, int]
 Status = Literal["ok", "failed", "pruned", "skipped"]
@@ -98,8 +98,10 @@ class EntryKey(_Frozen):
 
     @property
     def ident(self) -> str:
-        """Stable short id (12 hex digits) of this key."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Stable short id (12 hex digits) of this key; a key without a sources digest (as written before schema
+        3) keeps the id it had."""
+        unset = {"versions": {"sources"}} if self.versions.sources is None else None
+        blob = json.dumps(self.model_dump(mode="json", exclude=unset), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -132,7 +134,7 @@ class CacheDocument(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal[1, 2] = SCHEMA_VERSION
+    schema_version: Literal[1, 2, 3] = SCHEMA_VERSION
     entries: list[Entry] = Field(default_factory=list)
 
 
