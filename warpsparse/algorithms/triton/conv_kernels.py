@@ -31,31 +31,20 @@ def mac(acc, a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.co
 
 
 @triton.jit
-def table_row_starts(rows, row_ok, order_ptr, kvol, SORTED: tl.constexpr):
-    """Where result rows ``rows`` start in the [N, kvol] table (through ``order`` when mask-sorted)."""
+def result_rows(rows, row_ok, order_ptr, SORTED: tl.constexpr):
+    """The map rows (of the table and of the result) that a block's rows ``rows`` stand for, as int64: through
+    ``order`` when the block walks mask-sorted rows."""
     if SORTED:
         rows = tl.load(order_ptr + rows, mask=row_ok, other=0)
-    return rows.to(tl.int64) * kvol
+    return rows.to(tl.int64)
 
 
 @triton.jit
-def result_offsets(rows, row_ok, cols, order_ptr, stride_y, SORTED: tl.constexpr):
-    """Element offsets of result rows ``rows`` (through ``order`` when the table rows are mask-sorted), columns
-    ``cols``."""
-    if SORTED:
-        dst = tl.load(order_ptr + rows, mask=row_ok, other=0)
-    else:
-        dst = rows
-    return dst.to(tl.int64)[:, None] * stride_y + cols[None, :]
-
-
-@triton.jit
-def store_rows(y_ptr, part_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, bias_ptr, has_bias, relu,
-               partial, SORTED: tl.constexpr):
+def store_rows(y_ptr, part_ptr, acc, dst, row_ok, cols, col_ok, stride_y, bias_ptr, has_bias, relu, partial):
     """Store ``acc`` (plus ``bias`` where ``has_bias``, then ReLU where ``relu``: the epilogue, in fp32) into
-    result rows ``rows`` of ``y``, or of ``part`` where ``partial`` (see :func:`result_offsets`; ``part`` has
-    ``y``'s strides)."""
-    at = result_offsets(rows, row_ok, cols, order_ptr, stride_y, SORTED)
+    result rows ``dst`` (:func:`result_rows`) of ``y``, or of ``part`` where ``partial`` (``part`` has ``y``'s
+    strides)."""
+    at = dst[:, None] * stride_y + cols[None, :]
     ok = row_ok[:, None] & col_ok[None, :]
     if has_bias != 0:
         acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
@@ -84,7 +73,8 @@ def propagate_gather_kernel(
     pid_n = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
-    table_rows = table_row_starts(rows, row_ok, order_ptr, kvol, SORTED)
+    dst = result_rows(rows, row_ok, order_ptr, SORTED)
+    table_rows = dst * kvol
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < c_n
     ck = tl.arange(0, BLOCK_K)
@@ -92,8 +82,8 @@ def propagate_gather_kernel(
     steps = tl.load(count_ptr + pid_m) * chunks
     block = pid_m.to(tl.int64) * kvol
     if ACCUMULATE:
-        acc = tl.load(part_ptr + result_offsets(rows, row_ok, cols, order_ptr, stride_y, SORTED),
-                      mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        acc = tl.load(part_ptr + dst[:, None] * stride_y + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
+                      other=0.0).to(tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for step in range(steps):
@@ -109,8 +99,7 @@ def propagate_gather_kernel(
                     mask=c_ok[:, None] & col_ok[None, :], other=0.0)
         acc = mac(acc, a, b, USE_DOT, PRECISION, UPCAST)
     if (partial == 0) | (steps > 0) | (not ACCUMULATE):
-        store_rows(y_ptr, part_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, bias_ptr, has_bias, relu,
-                   partial, SORTED)
+        store_rows(y_ptr, part_ptr, acc, dst, row_ok, cols, col_ok, stride_y, bias_ptr, has_bias, relu, partial)
 
 
 @fast_launch(precompilable=True)
@@ -125,6 +114,7 @@ def propagate_packed_kernel(
     pid_n = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
+    dst = rows.to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < c_n
     red = kvol * c_red
@@ -134,13 +124,12 @@ def propagate_packed_kernel(
         r_ok = r < red
         k = r // c_red
         c = r - k * c_red
-        src = tl.load(nbr_ptr + rows.to(tl.int64)[:, None] * kvol + k[None, :], mask=row_ok[:, None] & r_ok[None, :],
-                      other=-1)
+        src = tl.load(nbr_ptr + dst[:, None] * kvol + k[None, :], mask=row_ok[:, None] & r_ok[None, :], other=-1)
         a = tl.load(x_ptr + src.to(tl.int64) * stride_x + c[None, :], mask=src >= 0, other=0.0)
         b = tl.load(w_ptr + k[:, None] * stride_wk + c[:, None] * stride_wr + cols[None, :] * stride_wn,
                     mask=r_ok[:, None] & col_ok[None, :], other=0.0)
         acc = mac(acc, a, b, USE_DOT, PRECISION, UPCAST)
-    store_rows(y_ptr, y_ptr, acc, rows, row_ok, cols, col_ok, y_ptr, stride_y, bias_ptr, has_bias, relu, 0, False)
+    store_rows(y_ptr, y_ptr, acc, dst, row_ok, cols, col_ok, stride_y, bias_ptr, has_bias, relu, 0)
 
 
 @triton.jit

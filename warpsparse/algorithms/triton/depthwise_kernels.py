@@ -8,7 +8,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from warpsparse.algorithms.triton.conv_kernels import store_rows, table_row_starts
+from warpsparse.algorithms.triton.conv_kernels import result_rows, store_rows
 from warpsparse.triton_launch import fast_launch
 
 
@@ -21,7 +21,8 @@ def dw_propagate_kernel(
     pid_m = tl.program_id(0)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
-    table_rows = table_row_starts(rows, row_ok, order_ptr, kvol, SORTED)
+    dst = result_rows(rows, row_ok, order_ptr, SORTED)
+    table_rows = dst * kvol
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < c
     block = pid_m.to(tl.int64) * kvol
@@ -34,7 +35,7 @@ def dw_propagate_kernel(
                      mask=(src >= 0)[:, None] & col_ok[None, :], other=0.0)
         wv = tl.load(w_ptr + k * stride_w + cols, mask=col_ok, other=0.0)
         acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
-    store_rows(y_ptr, y_ptr, acc, rows, row_ok, cols, col_ok, order_ptr, stride_y, bias_ptr, has_bias, relu, 0, SORTED)
+    store_rows(y_ptr, y_ptr, acc, dst, row_ok, cols, col_ok, stride_y, bias_ptr, has_bias, relu, 0)
 
 
 @fast_launch(precompilable=True)
