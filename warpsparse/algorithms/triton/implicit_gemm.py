@@ -34,10 +34,9 @@ def _gather_warps(sig: Signature, block_m: int, block_n: int) -> int:
 
 def _gather_warp_choices(sig: Signature, block_m: int, block_n: int) -> tuple[int, ...]:
     """Warps the space tries for a gather tile: :func:`_gather_warps`'s, and on the tensor cores (16-bit, TF32)
-    both 4 and 8 for tiles of 64 x 128 elements, whose two forms took within 2% of each other on an H100 (run Y:
-    0.249 / 0.250 ms at 128 channels, 0.863 / 0.877 at 256; larger tiles had a clear winner, and exact fp32
-    products are FMA tiles, whose accumulators need the threads of 8 warps past 64 x 64)."""
-    if (sig.dtype.itemsize == 2 or sig.tf32) and block_m * block_n == 64 * 128:
+    both 4 and 8 for 64-row tiles of 128 channels, whose two forms took within 2% of each other on an H100
+    (run Y: 0.249 / 0.250 ms at 128 channels, 0.863 / 0.877 at 256; the 128 x 128 tiles had a clear winner)."""
+    if (sig.dtype.itemsize == 2 or sig.tf32) and (block_m, block_n) == (64, 128):
         return (4, 8)
     return (_gather_warps(sig, block_m, block_n),)
 
