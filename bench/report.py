@@ -218,7 +218,7 @@ def tuning_markdown(section: dict[str, Any]) -> list[str]:
 
 
 def regret_summary(rows: list[dict[str, Any]], field: str = "regret") -> dict[str, Any]:
-    """Median and worst of ``field`` (AUTO's ``regret`` once complete, or its ``first_regret``) over the complete
+    """Median and worst of ``field`` (AUTO's ``regret`` once complete, or its ``budgeted_regret``) over the complete
     rows (``None`` when there are none)."""
     values = [r[field] for r in rows if r.get(field) is not None and not r.get("truncated")]
     if not values:
@@ -243,19 +243,19 @@ def regret_markdown(section: dict[str, Any]) -> list[str]:
 
     body = [[r["layer"], r["op"], r["dtype"], f"{r['n_in']}->{r['n_out']}", f"{r['c_in']}->{r['c_out']}",
              f"{r.get('timed', '')}/{r.get('candidates', '')}" + (" (cut)" if r.get("truncated") else ""),
-             r.get("choice"), r.get("choice_ms"), r.get("first_choice"), r.get("first_choice_ms"), r.get("best"),
-             r.get("best_ms"), fmt(r.get("regret")), fmt(r.get("first_regret")), r.get("error", "")[:120]]
+             r.get("choice"), r.get("choice_ms"), r.get("budgeted_choice"), r.get("budgeted_choice_ms"), r.get("best"),
+             r.get("best_ms"), fmt(r.get("regret")), fmt(r.get("budgeted_regret")), r.get("error", "")[:120]]
             for r in rows]
     out = []
     for field, what in (("regret", "AUTO regret (search complete)"),
-                        ("first_regret", "AUTO regret of the first choice (the cache as the network left it)")):
+                        ("budgeted_regret", "AUTO regret of its budgeted choice (the cache as the networks left it)")):
         summary = regret_summary(rows, field)
         if summary.get("count"):
             out += [_regret_line(summary, what) + ".", ""]
     out += ["Every candidate (algorithm x parameter point) timed (CUDA events, median); the leaders and AUTO's "
             "choices re-timed together; regret = choice / best.", ""]
     return out + _table(["layer", "op", "dtype", "sites", "channels", "timed/candidates", "AUTO choice",
-                         "AUTO ms", "first choice", "first ms", "best", "best ms", "regret", "first regret",
+                         "AUTO ms", "budgeted choice", "budgeted ms", "best", "best ms", "regret", "budgeted regret",
                          "error"], body, "lllllrlrlrlrrrl")
 
 
@@ -305,7 +305,7 @@ def key_results(results: dict[str, Any]) -> list[str]:
                        f"(target < {FIRST_CALL_TARGET_S:g} s: {state})" + (f"; {r['error'][:160]}" if "error" in r
                                                                           else ""))
     regret_rows = wl.get("regret", {}).get("rows", [])
-    for field, what in (("regret", "AUTO regret"), ("first_regret", "AUTO regret of the first choice")):
+    for field, what in (("regret", "AUTO regret"), ("budgeted_regret", "AUTO regret of its budgeted choice")):
         summary = regret_summary(regret_rows, field)
         if summary.get("count"):
             out.append(f"- {_regret_line(summary, what)}")

@@ -422,27 +422,23 @@ def _label(name: str, params: dict[str, Any]) -> str:
 
 def cached_choice(op: Any, a: torch.Tensor, b: torch.Tensor, kmap: Any, mode: Any) -> tuple[Any, dict] | None:
     """AUTO's choice from what the tuning cache holds for the call now, without timing anything more: the winner
-    of the tunings so far (after a network's first process, its first round); ``None`` when it holds none."""
+    of the budgeted tunings so far; ``None`` when it holds none."""
     from warpsparse.algorithms.base import Signature
     from warpsparse.tuner import store
     from warpsparse.tuner.dispatcher import allowed_algorithms
     from warpsparse.tuner.key import entry_key
-    from warpsparse.tuner.search import candidates_for
+    from warpsparse.tuner.search import candidates_for, fastest
 
     sig = Signature.of(op, a, b, kmap)
-    known = store.store_for().results(entry_key(sig, kmap, a.device))
-    ok = [c for c in candidates_for(allowed_algorithms(op, sig, mode), sig)
-          if c.ident in known and known[c.ident].status == "ok"]
-    if not ok:
-        return None
-    best = min(ok, key=lambda c: (known[c.ident].score_ms, c.ident))
-    return best.algorithm, best.params
+    best = fastest(candidates_for(allowed_algorithms(op, sig, mode), sig),
+                   store.store_for().results(entry_key(sig, kmap, a.device)))
+    return None if best is None else (best.algorithm, best.params)
 
 
 def exhaustive(run: Run, op: Any, a: torch.Tensor, b: torch.Tensor, kmap: Any, algo: str,
                out_of_time: Callable[[], bool]) -> dict[str, Any]:
     """Time every candidate (algorithm x parameter point) allowed by ``algo``; AUTO's choice once its search is
-    complete and its choice from the cache as it was (:func:`cached_choice`); the regret of each."""
+    complete and its budgeted choice, from the cache as it was (:func:`cached_choice`); the regret of each."""
     from warpsparse.algorithms import registry
     from warpsparse.algorithms.base import Signature
     from warpsparse.tuner import Call, mode_for, pretune
@@ -452,7 +448,7 @@ def exhaustive(run: Run, op: Any, a: torch.Tensor, b: torch.Tensor, kmap: Any, a
     device = run.cfg.device
     sig = Signature.of(op, a, b, kmap)
     mode = mode_for(op, algo)
-    first = cached_choice(op, a, b, kmap, mode)
+    budgeted = cached_choice(op, a, b, kmap, mode)
     with env_vars({BUDGET_ENV: "inf"}):  # AUTO's choice once its search of the signature is complete
         chosen_alg, chosen_params = pretune([Call(op, a, b, kmap, mode)], progress=False)[0]
     ref_alg = registry.get("explicit_gemm")
@@ -466,8 +462,8 @@ def exhaustive(run: Run, op: Any, a: torch.Tensor, b: torch.Tensor, kmap: Any, a
             candidates.setdefault(_label(alg.name, params), (alg, dict(params)))
     chosen = _label(chosen_alg.name, chosen_params)
     picks = {chosen: (chosen_alg, dict(chosen_params))}
-    if first is not None:
-        picks[_label(first[0].name, first[1])] = (first[0], dict(first[1]))
+    if budgeted is not None:
+        picks[_label(budgeted[0].name, budgeted[1])] = (budgeted[0], dict(budgeted[1]))
     candidates = {**picks, **candidates}  # AUTO's choices timed first
     times: dict[str, float] = {}
     failed: dict[str, str] = {}
@@ -507,8 +503,8 @@ def exhaustive(run: Run, op: Any, a: torch.Tensor, b: torch.Tensor, kmap: Any, a
 
     row.update(choice_ms=medians[chosen], choice_setup_ms=setup[chosen], best=best, best_ms=medians[best],
                best_setup_ms=setup[best], regret=regret(chosen))
-    if first is not None and (name := _label(first[0].name, first[1])) in medians:
-        row.update(first_choice=name, first_choice_ms=medians[name], first_regret=regret(name))
+    if budgeted is not None and (name := _label(budgeted[0].name, budgeted[1])) in medians:
+        row.update(budgeted_choice=name, budgeted_choice_ms=medians[name], budgeted_regret=regret(name))
     return row
 
 
@@ -525,8 +521,8 @@ def regret_workload(run: Run, section: dict[str, Any]) -> dict[str, Any]:
     section["notes"].append(f"candidates allowed by fwd_algo/bwd_algo={algo!r}, dtype "
                             f"{str(dtype).removeprefix('torch.')}; AUTO's choice is the tuner's decision for the "
                             "signature once its search is complete (the cache the spconv_net workload filled, "
-                            "completed without a tuning budget); AUTO's first choice is the winner of what that "
-                            "cache held before (the spconv_net process's tuning: a first round per algorithm)")
+                            "completed without a tuning budget); AUTO's budgeted choice is the winner of what that "
+                            "cache held before (the budgeted tunings of the tuning probes and the network runs)")
     with run.caches("spconv_net"):
         suite = layer_suite(run)
         for op in (Op.CONV_FWD, Op.CONV_DGRAD, Op.CONV_WGRAD):
@@ -691,7 +687,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--algos", default=None,
                    help="warpsparse variants, comma-separated: auto, explicit, or algorithm names (default "
                         "auto,explicit on GPU, explicit on CPU); the first one is used by tuning and regret")
-    p.add_argument("--voxel-size", type=float, default=None, help="voxel size in metres (default 0.1)")
+    p.add_argument("--voxel-size", type=float, default=None, help="voxel size in metres (default 0.1; 3.2 with --tiny)")
     p.add_argument("--extra-voxel-sizes", default=None,
                    help="comma-separated voxel sizes at which the networks also run, in the first dtype (default "
                         "0.05 on GPU, none on CPU or with --tiny)")

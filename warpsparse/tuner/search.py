@@ -22,7 +22,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import torch
 
@@ -418,6 +418,13 @@ def benchmark(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Si
     return new
 
 
+def fastest(candidates: Sequence[Candidate], results: Mapping[str, CandidateResult]) -> Candidate | None:
+    """The candidate whose result is ``ok`` with the lowest time plus its setup cost today (ties broken by
+    identity, as the cache's winner), or ``None`` when none has such a result."""
+    ok = [c for c in candidates if c.ident in results and results[c.ident].status == "ok"]
+    return min(ok, key=lambda c: (results[c.ident].median_ms + c.setup_ms, c.ident), default=None)
+
+
 def choose(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Signature, algos: list[Algorithm],
            key: EntryKey, store: TuningStore, retune: bool = False) -> Choice:
     """The fastest correct candidate among ``algos`` for this call, timing only what the cache lacks."""
@@ -443,11 +450,9 @@ def choose(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Signa
         _log_tuned(sig, everything, {**settled, **new}, new, (time.perf_counter() - start) * 1e3)
     if new or restated:
         store.record(key, [*restated, *new.values()])
-    results = {**settled, **new}
-    ok = sorted((c for c in everything if results[c.ident].status == "ok"),
-                key=lambda c: (results[c.ident].score_ms, c.ident))
-    if ok:
-        return ok[0].algorithm, ok[0].params
+    best = fastest(everything, {**settled, **new})
+    if best is not None:
+        return best.algorithm, best.params
     try:
         reference = registry.get(REFERENCE[op.depthwise])
     except KeyError:
