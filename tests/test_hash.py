@@ -150,6 +150,8 @@ def test_a_table_over_given_slots_counts_their_keys_and_refuses_an_overfull_one(
     assert again.lookup(torch.tensor([11, 5], dtype=torch.int64, device=DEV)).tolist() == [1, -1]
     with pytest.raises(ValueError, match="no room for 6 more"):
         again.insert(torch.arange(20, 26, dtype=torch.int64, device=DEV))
+    with pytest.raises(ValueError, match="reserved must be a key count in 0..8"):
+        HashTable(table.slots.clone(), reserved=9)
     full = torch.zeros((MIN_CAPACITY,) if packed else (MIN_CAPACITY, 2), dtype=torch.int64, device=DEV)
     with pytest.raises(ValueError, match=f"slots hold {MIN_CAPACITY} keys in {MIN_CAPACITY} slots, past the load"):
         HashTable(full)

@@ -565,9 +565,10 @@ HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
 
 
 def test_builds_read_the_device_as_the_gpu_test_demands(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the GPU test below checks with CUDA's sync detection, counted here on any machine: warpsparse's reads
-    of tensor values back to the host while building maps (not the interpreter's own reads of launch
-    arguments). Subm and spread maps read nothing; discovered and owned maps read their counts once."""
+    """The GPU test below's sync rule, in part, on any machine: warpsparse's Python-level reads of tensor values
+    (``item``, ``tolist``, conversions to bool, int or float; not the interpreter's reads of launch arguments)
+    while building maps. Subm and spread maps read nothing; discovered and owned maps read their counts once.
+    Syncs inside torch ops (``nonzero``, boolean indexing) are not seen here: the GPU test catches those."""
     reads: list[str] = []
 
     def counted(name: str):

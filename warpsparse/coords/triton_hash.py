@@ -180,6 +180,9 @@ def require_runnable(device: torch.device) -> None:
                      f"TRITON_INTERPRET=1 is set before warpsparse is imported), got device {device}")
 
 
+COUNT_KEYS = -1  # a HashTable's ``reserved`` that asks it to count the keys its slots hold
+
+
 @dataclass(eq=False)
 class HashTable:
     """An open-addressing table of non-negative int64 keys to int64 values on one device.
@@ -187,12 +190,12 @@ class HashTable:
     ``slots`` is ``[capacity, 2]`` int64 (key, value), or ``[capacity]`` int64 words ``key << 32 | value`` in a
     packed table (:attr:`packed`: keys below :data:`PACKED_KEYS`); ``reserved`` is the host-side upper bound on
     keys that may have been inserted, which keeps the load <= :data:`MAX_LOAD` without reading the device.
-    Left ``None``, it is the count of occupied slots (one host read), which must be within that load: probes
-    of a fuller table might never meet a free slot.
+    Left at :data:`COUNT_KEYS`, it is the count of occupied slots (one host read), which must be within that
+    load: probes of a fuller table might never meet a free slot.
     """
 
     slots: torch.Tensor
-    reserved: int | None = None
+    reserved: int = COUNT_KEYS
 
     def __post_init__(self) -> None:
         require_runnable(self.slots.device)
@@ -202,13 +205,16 @@ class HashTable:
             raise ValueError(f"slots must be an int64 [capacity, 2] (or packed: [capacity]) tensor with a "
                              f"power-of-two capacity >= {MIN_CAPACITY}, got {self.slots.dtype} "
                              f"{tuple(self.slots.shape)}")
-        if self.reserved is None:
+        if self.reserved == COUNT_KEYS:
             keys = self.slots if self.packed else self.slots[:, 0]
             self.reserved = int((keys != EMPTY).sum())
             if self.reserved > cap * MAX_LOAD:
                 raise ValueError(f"slots hold {self.reserved} keys in {cap} slots, past the load {MAX_LOAD} a table "
                                  "allows (a probe for an absent key might never end); rebuild the keys into a table "
                                  f"of capacity >= {table_capacity(self.reserved, MAX_LOAD)}")
+        elif not 0 <= self.reserved <= cap * MAX_LOAD:
+            raise ValueError(f"reserved must be a key count in 0..{int(cap * MAX_LOAD)} (capacity {cap} at load "
+                             f"{MAX_LOAD}) or COUNT_KEYS, got {self.reserved}")
 
     @classmethod
     def allocate(cls, max_keys: int, device: torch.device | str, max_load: float = MAX_LOAD,
