@@ -40,9 +40,10 @@ def result_rows(rows, row_ok, order_ptr, SORTED: tl.constexpr):
 
 
 @triton.jit
-def store_rows(y_ptr, part_ptr, acc, dst, row_ok, cols, col_ok, stride_y, bias_ptr, has_bias, relu, partial):
+def store_rows(y_ptr, part_ptr, acc, dst, row_ok, cols, col_ok, stride_y, bias_ptr, has_bias, relu,
+               PARTIAL: tl.constexpr):
     """Store ``acc`` (plus ``bias`` where ``has_bias``, then ReLU where ``relu``: the epilogue, in fp32) into
-    result rows ``dst`` (:func:`result_rows`) of ``y``, or of ``part`` where ``partial`` (``part`` has ``y``'s
+    result rows ``dst`` (:func:`result_rows`) of ``y``, or of ``part`` where ``PARTIAL`` (``part`` has ``y``'s
     strides)."""
     at = dst[:, None] * stride_y + cols[None, :]
     ok = row_ok[:, None] & col_ok[None, :]
@@ -50,25 +51,26 @@ def store_rows(y_ptr, part_ptr, acc, dst, row_ok, cols, col_ok, stride_y, bias_p
         acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     if relu != 0:
         acc = tl.maximum(acc, 0.0)
-    if partial != 0:
+    if PARTIAL:
         tl.store(part_ptr + at, acc.to(part_ptr.dtype.element_ty), mask=ok)
     else:
         tl.store(y_ptr + at, acc.to(y_ptr.dtype.element_ty), mask=ok)
 
 
 @fast_launch(precompilable=True)
-@triton.jit(do_not_specialize=["n_rows", "flip", "has_bias", "relu", "partial"])
+@triton.jit(do_not_specialize=["n_rows", "flip", "has_bias", "relu"])
 def propagate_gather_kernel(
         x_ptr, w_ptr, y_ptr, part_ptr, bias_ptr, nbr_ptr, order_ptr, count_ptr, active_ptr,
         n_rows, c_red, c_n, kvol, flip, stride_x, stride_wk, stride_wr, stride_wn, stride_y, has_bias, relu,
-        partial, SORTED: tl.constexpr, ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        SORTED: tl.constexpr, ACCUMULATE: tl.constexpr, PARTIAL: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+        UPCAST: tl.constexpr):
     """``y[o] = sum_k x[nbr[o, k]] @ w[k]`` looping over the offsets the row block uses (see
     :class:`~warpsparse.algorithms.triton.layouts.BlockOffsets`), ``BLOCK_K`` channels at a time; the
     epilogue adds ``bias`` and applies ReLU. A pass of one column group of several starts from the partial sums
-    in ``part`` (fp32) where ``ACCUMULATE`` and leaves its sums there where ``partial``; blocks that use no
-    offset then leave their rows as they are. ``ACCUMULATE`` is a compile-time flag: loading the partial sums
-    in the epilogue, beside the accumulator, made wide tiles spill registers (128 x 256 on 8 warps, fp16)."""
+    in ``part`` (fp32) where ``ACCUMULATE`` and leaves its sums there where ``PARTIAL``; blocks that use no
+    offset then leave their rows as they are. Both are compile-time flags: the partial sums' load and store as
+    runtime branches made wide tiles spill registers (128 x 256 on 8 warps, fp16), also in one-pass calls."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -98,8 +100,8 @@ def propagate_gather_kernel(
         b = tl.load(w_ptr + k * stride_wk + c[:, None] * stride_wr + cols[None, :] * stride_wn,
                     mask=c_ok[:, None] & col_ok[None, :], other=0.0)
         acc = mac(acc, a, b, USE_DOT, PRECISION, UPCAST)
-    if (partial == 0) | (steps > 0) | (not ACCUMULATE):
-        store_rows(y_ptr, part_ptr, acc, dst, row_ok, cols, col_ok, stride_y, bias_ptr, has_bias, relu, partial)
+    if (steps > 0) | (not (ACCUMULATE and PARTIAL)):
+        store_rows(y_ptr, part_ptr, acc, dst, row_ok, cols, col_ok, stride_y, bias_ptr, has_bias, relu, PARTIAL)
 
 
 @fast_launch(precompilable=True)
@@ -129,7 +131,7 @@ def propagate_packed_kernel(
         b = tl.load(w_ptr + k[:, None] * stride_wk + c[:, None] * stride_wr + cols[None, :] * stride_wn,
                     mask=r_ok[:, None] & col_ok[None, :], other=0.0)
         acc = mac(acc, a, b, USE_DOT, PRECISION, UPCAST)
-    store_rows(y_ptr, y_ptr, acc, dst, row_ok, cols, col_ok, stride_y, bias_ptr, has_bias, relu, 0)
+    store_rows(y_ptr, y_ptr, acc, dst, row_ok, cols, col_ok, stride_y, bias_ptr, has_bias, relu, False)
 
 
 @triton.jit

@@ -35,7 +35,7 @@ def dw_propagate_kernel(
                      mask=(src >= 0)[:, None] & col_ok[None, :], other=0.0)
         wv = tl.load(w_ptr + k * stride_w + cols, mask=col_ok, other=0.0)
         acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
-    store_rows(y_ptr, y_ptr, acc, dst, row_ok, cols, col_ok, stride_y, bias_ptr, has_bias, relu, 0)
+    store_rows(y_ptr, y_ptr, acc, dst, row_ok, cols, col_ok, stride_y, bias_ptr, has_bias, relu, False)
 
 
 @fast_launch(precompilable=True)

@@ -282,8 +282,9 @@ def propagate(src: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, params: 
         last = group == groups - 1
         K.propagate_gather_kernel[grid](src, weight, y, part, bias_or_y, lay.table, order, lay.count, lay.active,
                                         n_rows, c_red, c_n, kvol, lay.flip, *strides,
-                                        int(bias is not None and group == 0), int(relu and last), int(not last),
-                                        SORTED=lay.order is not None, ACCUMULATE=group > 0, **common)
+                                        int(bias is not None and group == 0), int(relu and last),
+                                        SORTED=lay.order is not None, ACCUMULATE=group > 0, PARTIAL=not last,
+                                        **common)
     return y
 
 
