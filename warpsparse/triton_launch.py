@@ -38,7 +38,7 @@ def pow2_at_least(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def _arg_keys(args: Iterable[Any]) -> list[Hashable]:
+def _arg_keys(args: Iterable[Any]) -> list[Any]:
     """Per non-constexpr argument, what Triton may specialize a kernel on (finer is safe, coarser would not be):
     an int's equality to 1, divisibility by 16 and width; a tensor's dtype and 16-byte alignment; the type of a
     bool, float or ``None``; any other value itself. One comprehension, ints (the most) tested first."""

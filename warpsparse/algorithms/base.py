@@ -91,7 +91,7 @@ def tf32_allowed() -> bool:
     if precision is None:
         return bool(matmul.allow_tf32)
     if precision == "none":
-        precision = torch.backends.fp32_precision
+        precision = getattr(torch.backends, "fp32_precision", "none")
     return precision == "tf32"
 
 

@@ -5,11 +5,11 @@ import hashlib
 import json
 import math
 from datetime import datetime
-from typing import Literal, Optional
+from typing import Final, Literal, Optional
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-SCHEMA_VERSION = 3  # 2 added CandidateResult.setup_ms, 3 Versions.sources; older files are still read
+SCHEMA_VERSION: Final = 3  # 2 added CandidateResult.setup_ms, 3 Versions.sources; older files are still read
 
 Triple = tuple[int, int, int]
 Status = Literal["ok", "failed", "pruned", "skipped"]
@@ -144,8 +144,8 @@ def candidate_ident(algorithm: str, params: dict[str, JsonValue]) -> str:
 
 def best_of(candidates: list[CandidateResult]) -> Winner | None:
     """The ``ok`` candidate of the lowest score (ties broken by identity, so the choice is deterministic)."""
-    ok = [c for c in candidates if c.status == "ok"]
+    ok = [(c, c.median_ms) for c in candidates if c.status == "ok" and c.median_ms is not None]
     if not ok:
         return None
-    best = min(ok, key=lambda c: (c.score_ms, c.ident))
-    return Winner(algorithm=best.algorithm, params=best.params, median_ms=best.median_ms)
+    best, median_ms = min(ok, key=lambda item: (item[0].score_ms, item[0].ident))
+    return Winner(algorithm=best.algorithm, params=best.params, median_ms=median_ms)

@@ -27,14 +27,14 @@ def triple(value: int | tuple[int, ...] | list[int], name: str, minimum: int = 0
         out = (value, value, value)
     elif isinstance(value, (tuple, list, torch.Size)) and len(value) == 3 and all(
             isinstance(v, int) and not isinstance(v, bool) for v in value):
-        out = tuple(int(v) for v in value)
+        out = (int(value[0]), int(value[1]), int(value[2]))
     else:
         raise TypeError(f"{name} must be an int or a tuple of 3 ints, got {value!r}")
     if any(v < minimum for v in out):
         raise ValueError(f"{name} must be >= {minimum} on every axis, got {out}")
     if any(v > MAX_EXTENT for v in out):
         raise ValueError(f"{name} must be at most 2**31 - 1 on every axis (coordinates are int32), got {out}")
-    return out  # type: ignore[return-value]
+    return out
 
 
 @dataclass(frozen=True)

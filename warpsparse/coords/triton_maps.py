@@ -726,8 +726,8 @@ def build_kernel_map_triton(src: CoordSet, geom: ConvGeometry, out_shape: Triple
             build = owned_map if owned_lanes(geom) else discover_map
         nbr, count, out = build(src, geom, out_shape)
         return nbr, None, count, out
-    nbr, mask, count = fill_map(src, geom, out_shape, out)
-    return nbr, mask, count, out
+    nbr, mask, pairs = fill_map(src, geom, out_shape, out)
+    return nbr, mask, pairs, out
 
 
 def row_mask(nbr: torch.Tensor) -> torch.Tensor:

@@ -139,16 +139,17 @@ def allowed_algorithms(op: Op, sig: Signature, mode: Mode, algo: AlgoSpec = None
     """The registered algorithms of ``mode`` that can run ``sig``; ``ValueError`` saying why if there are none."""
     chosen: list[Algorithm] = []
     reasons: dict[str, str] = {}
-    if mode is AUTO:
+    if mode is None:  # AUTO
         candidates: Sequence[Algorithm | str] = registry.algorithms_for(op)
     else:
         candidates = list(mode)
     for item in candidates:
         if isinstance(item, str):
+            name = item
             try:
-                item = registry.get(item)
+                item = registry.get(name)
             except KeyError:
-                reasons[item] = "not available in this installation (not registered: its backend is missing)"
+                reasons[name] = "not available in this installation (not registered: its backend is missing)"
                 continue
         reason = _why_not(item, sig)
         if reason is None:
@@ -199,7 +200,8 @@ def collect_calls() -> Iterator[list[Call]]:
     The list is filled when the ``with`` block ends.
     """
     global _collecting
-    previous, calls = _collecting, {}
+    previous = _collecting
+    calls: dict[Slot, Call] = {}
     _collecting = calls
     found: list[Call] = []
     try:

@@ -40,7 +40,7 @@ def _cpu_model() -> str:
 @functools.lru_cache(maxsize=None)
 def _device_info(device_type: str, index: int | None) -> DeviceInfo:
     if device_type == "cuda":
-        props = torch.cuda.get_device_properties(torch.device("cuda", index))
+        props = torch.cuda.get_device_properties(index)
         return DeviceInfo(type="cuda", name=props.name, capability=f"{props.major}.{props.minor}",
                           sm_count=props.multi_processor_count)
     if device_type == "cpu":

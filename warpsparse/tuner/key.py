@@ -44,8 +44,8 @@ def entry_key(sig: Signature, kmap: KernelMap, device: torch.device) -> EntryKey
     """The persistent key of a call: bucketed signature, device identity, versions."""
     fields = SignatureFields(
         op=sig.op.value, n_in_bucket=half_octave(sig.n_in), n_out_bucket=half_octave(sig.n_out),
-        c_in=sig.c_in, c_out=sig.c_out, kernel_size=tuple(kmap.kernel_size), kind=kmap.kind,
-        stride=tuple(kmap.stride), dtype=dtype_name(sig.dtype), tf32=sig.tf32,
+        c_in=sig.c_in, c_out=sig.c_out, kernel_size=kmap.kernel_size, kind=kmap.kind, stride=kmap.stride,
+        dtype=dtype_name(sig.dtype), tf32=sig.tf32,
         density_bucket=density_bucket(sig.num_pairs, sig.n_out))
     return EntryKey(signature=fields, device=device_info(device), versions=versions())
 

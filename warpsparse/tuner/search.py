@@ -29,6 +29,7 @@ import torch
 from warpsparse.algorithms import registry
 from warpsparse.algorithms.base import Algorithm, Op, Signature
 from warpsparse.cache_schema import CandidateResult, EntryKey, candidate_ident
+from warpsparse.cache_schema.models import Status
 from warpsparse.coords.kernel_map import KernelMap
 from warpsparse.tuner.modes import REFERENCE
 from warpsparse.tuner.store import TuningStore
@@ -134,7 +135,7 @@ class Candidate:
         inner = ",".join(f"{k}={v}" for k, v in self.json_params.items())
         return f"{self.algorithm.name}{{{inner}}}" if inner else self.algorithm.name
 
-    def result(self, status: str, median_ms: float | None = None, error: str | None = None) -> CandidateResult:
+    def result(self, status: Status, median_ms: float | None = None, error: str | None = None) -> CandidateResult:
         return CandidateResult(algorithm=self.algorithm.name, params=self.json_params, status=status,
                                median_ms=median_ms, error=error, setup_ms=self.setup_ms)
 
@@ -396,8 +397,7 @@ def benchmark(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Si
                    for c in plan.deferred)
 
         def best_ms() -> float | None:
-            times = [r.median_ms for r in (*settled.values(), *new.values()) if r.status == "ok"]
-            return min(times, default=None)
+            return min(ok_times({**settled, **new}).values(), default=None)
 
         for cand in ordered:
             # the budget bounds the parameter search; every allowed algorithm's default point is still timed
@@ -407,10 +407,9 @@ def benchmark(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Si
             new[cand.ident] = session.measure(cand, best_ms())
         best = best_ms()
         if best is not None and session.elapsed_ms() <= budget:
-            results = {**settled, **new}
-            leaders = sorted((c for c in everything if results[c.ident].status == "ok"
-                              and results[c.ident].median_ms <= best * LEADER_MARGIN),
-                             key=lambda c: results[c.ident].median_ms)[:MAX_LEADERS]
+            times = ok_times({**settled, **new})
+            leaders = sorted((c for c in everything if times.get(c.ident, math.inf) <= best * LEADER_MARGIN),
+                             key=lambda c: times[c.ident])[:MAX_LEADERS]
             if len(leaders) > 1:
                 new.update(session.retime(leaders))
         if best is None and session.ref_error is not None:
@@ -418,11 +417,17 @@ def benchmark(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Si
     return new
 
 
+def ok_times(results: Mapping[str, CandidateResult]) -> dict[str, float]:
+    """Median ms of every result that is ``ok``, by candidate identity."""
+    return {ident: r.median_ms for ident, r in results.items() if r.status == "ok" and r.median_ms is not None}
+
+
 def fastest(candidates: Sequence[Candidate], results: Mapping[str, CandidateResult]) -> Candidate | None:
     """The candidate whose result is ``ok`` with the lowest time plus its setup cost today (ties broken by
     identity, as the cache's winner), or ``None`` when none has such a result."""
-    ok = [c for c in candidates if c.ident in results and results[c.ident].status == "ok"]
-    return min(ok, key=lambda c: (results[c.ident].median_ms + c.setup_ms, c.ident), default=None)
+    times = ok_times(results)
+    ok = [c for c in candidates if c.ident in times]
+    return min(ok, key=lambda c: (times[c.ident] + c.setup_ms, c.ident), default=None)
 
 
 def choose(op: Op, a: torch.Tensor, b: torch.Tensor, kmap: KernelMap, sig: Signature, algos: list[Algorithm],

@@ -65,7 +65,8 @@ def split_offsets(kmap: KernelMap, batch_below: float) -> tuple[list[int], Offse
     """Offsets to run one by one, and the padded batch of the small ones (fewer pairs than ``batch_below``)."""
     counts = kmap.pairs.counts
     skip = identity_offset(kmap)
-    looped, small = [], []
+    looped: list[int] = []
+    small: list[int] = []
     for k, n in enumerate(counts):
         if n == 0 or k == skip:
             continue

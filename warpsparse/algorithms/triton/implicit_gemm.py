@@ -210,6 +210,9 @@ def estimate_seconds(sig: Signature, p: Params) -> float:
     sms = device_limits(sig.device_type)[0]
     block_m, block_n, block_k, kvol = p["BLOCK_M"], p["BLOCK_N"], p["BLOCK_K"], sig.kernel_volume
     extra = 0.0
+    macs: float
+    loads: float
+    weight_reads: float
     if sig.op == Op.CONV_WGRAD:
         mode = p["mode"]
         if mode == "packed":

@@ -88,9 +88,10 @@ def downsampled_sites(src: CoordSet, stride: tuple[int, int, int]) -> CoordSet:
     hit = src.maps.get(key)
     if hit is None:
         s = torch.tensor([1, *stride], device=src.device)
-        shape = tuple(-(-n // st) for n, st in zip(src.spatial_shape, stride))
+        (n0, n1, n2), (s0, s1, s2) = src.spatial_shape, stride
+        shape = (-(-n0 // s0), -(-n1 // s1), -(-n2 // s2))
         radix = key_radix(shape, src.batch_size)
         keys = torch.unique(pack(torch.div(src.coords.long(), s, rounding_mode="floor"), radix))
-        hit = CoordSet(unpack(keys, radix), shape, src.batch_size)  # type: ignore[arg-type]
+        hit = CoordSet(unpack(keys, radix), shape, src.batch_size)
         src.maps[key] = hit
     return hit

@@ -36,9 +36,9 @@ class _SparseConvBase(nn.Module):
         shape = (k, in_channels) if depthwise else (k, in_channels, out_channels)
         self.weight = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        for name, value in (("fwd_algo", fwd_algo), ("bwd_algo", bwd_algo)):
-            if value is not None:
-                parse_mode(value, depthwise, name)  # a bad name fails here, not at the first (backward) call
+        for name, spec in (("fwd_algo", fwd_algo), ("bwd_algo", bwd_algo)):
+            if spec is not None:
+                parse_mode(spec, depthwise, name)  # a bad name fails here, not at the first (backward) call
         if not isinstance(relu, bool):
             raise TypeError(f"relu must be a bool, got {relu!r}")
         self.fwd_algo, self.bwd_algo, self.relu = fwd_algo, bwd_algo, relu

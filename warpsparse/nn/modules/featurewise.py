@@ -56,8 +56,9 @@ def takes_features(module: nn.Module) -> bool:
     a torch layer (or a subclass of one, parametrized or compiled), but no warpsparse module and no other module
     (a user's block that takes SparseTensors)."""
     module = _uncompiled(module)
-    route = _route_of(type(module))
-    return all(takes_features(child) for child in module) if route == "children" else route == "features"
+    # a class is hashable (mypy takes nn.Module's __hash__ signature for the class's own)
+    route = _route_of(type(module))  # type: ignore[arg-type]
+    return all(takes_features(child) for child in module.children()) if route == "children" else route == "features"
 
 
 def _uncompiled(module: nn.Module) -> nn.Module:
