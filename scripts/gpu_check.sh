@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# On a CUDA machine: run every gpu-marked test (`tests`) or the benchmark suite (`bench`), logs under $OUT.
+# On a CUDA machine: run every gpu-marked test (`tests`), the benchmark suite (`bench`), or in one go the tests,
+# the forward tile sweep, the fp16 layer table and the fp16 networks with AUTO's regret (`all`, about 8 minutes
+# on an H100), logs under $OUT.
 #   bash scripts/gpu_check.sh tests [pytest args]
 #   bash scripts/gpu_check.sh bench [python -m bench args]
+#   bash scripts/gpu_check.sh all
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-bench/results}
@@ -14,5 +17,11 @@ case "$what" in
     python3 -c "import xdist" 2>/dev/null && par=(-n "${GPU_TEST_WORKERS:-4}")
     python3 -m pytest -q -m gpu -p no:cacheprovider "${par[@]}" "$@" 2>&1 | tee "$out/gpu-tests.log" ;;
   bench) python3 -m bench --out "$out" "$@" 2>&1 | tee "$out/bench.log" ;;
-  *) echo "usage: $0 tests|bench [args]" >&2; exit 2 ;;
+  all)
+    bash scripts/gpu_check.sh tests -rfxX
+    python3 bench/tiles.py --channels 128 256 --out "$out" 2>&1 | tee "$out/tiles.log"
+    python3 bench/layers.py --dtypes fp16 --out "$out" 2>&1 | tee "$out/layers.log"
+    bash scripts/gpu_check.sh bench --workloads spconv_net,minkunet,regret --dtype float16 --algos auto --no-profile \
+      --extra-voxel-sizes "" --regret-s 60 ;;
+  *) echo "usage: $0 tests|bench [args] | all" >&2; exit 2 ;;
 esac
