@@ -100,7 +100,7 @@ def resources(kernel: Any) -> dict[str, int]:
         cubin.flush()
         report = subprocess.run([knobs.nvidia.cuobjdump.path, "--dump-resource-usage", cubin.name],
                                 capture_output=True, text=True, check=True).stdout
-    found = {name: re.search(rf"{name}:(\d+)", report) for name in ("REG", "STACK")}
-    if not all(found.values()):
+    registers, stack = (re.search(rf"{name}:(\d+)", report) for name in ("REG", "STACK"))
+    if registers is None or stack is None:
         raise RuntimeError(f"cuobjdump printed no register or stack count: {report[-500:]}")
-    return {"registers": int(found["REG"].group(1)), "stack_bytes": int(found["STACK"].group(1))}
+    return {"registers": int(registers.group(1)), "stack_bytes": int(stack.group(1))}
