@@ -58,7 +58,9 @@ def takes_features(module: nn.Module) -> bool:
     module = _uncompiled(module)
     # a class is hashable (mypy takes nn.Module's __hash__ signature for the class's own)
     route = _route_of(type(module))  # type: ignore[arg-type]
-    return all(takes_features(child) for child in module.children()) if route == "children" else route == "features"
+    if route == "children" and isinstance(module, nn.Sequential):  # always a Sequential: this narrows the type
+        return all(takes_features(child) for child in module)
+    return route == "features"
 
 
 def _uncompiled(module: nn.Module) -> nn.Module:
