@@ -139,7 +139,7 @@ def allowed_algorithms(op: Op, sig: Signature, mode: Mode, algo: AlgoSpec = None
     """The registered algorithms of ``mode`` that can run ``sig``; ``ValueError`` saying why if there are none."""
     chosen: list[Algorithm] = []
     reasons: dict[str, str] = {}
-    if mode is None:  # AUTO
+    if mode is AUTO:
         candidates: Sequence[Algorithm | str] = registry.algorithms_for(op)
     else:
         candidates = list(mode)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import os
 import warnings
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Final, Optional, Sequence, Union
 
 from warpsparse.algorithms.base import Op
 
@@ -43,7 +43,7 @@ class SPARSE_DEPTHWISE_CONV_BWD_ALGO_MODE(str, enum.Enum):
 
 AlgoSpec = Union[None, str, enum.Enum, Sequence[Union[str, enum.Enum]]]
 Mode = Optional[tuple[str, ...]]
-AUTO: Mode = None
+AUTO: Final = None  # the mode of every algorithm that applies
 
 #: The library's algorithm names (whether or not they are registered in this process).
 CONV_ALGORITHMS = ("explicit_gemm", "implicit_gemm", "cupy_implicit_gemm")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any, Iterator
 
 import torch
@@ -95,12 +96,12 @@ def _propagate_points(sig: Signature) -> Iterator[dict[str, Any]]:
         for stages in (2, 3):
             point = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_stages": stages}
             if c_red >= 16:
-                for block_k in channel_tiles(c_red, 64) if block_n >= 16 else (16,):
-                    if _fits(sig, block_m, block_n, block_k, stages):
-                        for warps in _gather_warp_choices(sig, block_m, block_n):
-                            for groups in _offset_groups(sig):
-                                yield {"mode": "gather", "sorted": True, "offset_groups": groups, **point,
-                                       "num_warps": warps, "BLOCK_K": block_k}
+                block_ks = [k for k in (channel_tiles(c_red, 64) if block_n >= 16 else (16,))
+                            if _fits(sig, block_m, block_n, k, stages)]
+                for block_k, warps, groups in itertools.product(block_ks, _gather_warp_choices(sig, block_m, block_n),
+                                                                _offset_groups(sig)):
+                    yield {"mode": "gather", "sorted": True, "offset_groups": groups, **point, "num_warps": warps,
+                           "BLOCK_K": block_k}
             if c_red < PACKED_BELOW:
                 packed = {**point, "num_warps": _warps(block_m, block_n)}
                 for block_k in (16, 32):
